@@ -1,0 +1,31 @@
+"""Install vc2: `pip install torch==2.13.0 -e ".[test]"` (CPU) -- see README.md for GPU machines."""
+from setuptools import find_packages, setup
+
+setup(
+    name="vc2",
+    version="0.1.0",
+    description="Minimal pure-PyTorch VisCoder2: Qwen2.5-Coder model, SFT trainer, sampler, VisPlotBench evaluation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vc2", "vc2.*", "kernels", "kernels.*"]),
+    include_package_data=True,
+    package_data={"vc2": ["eval/assets/**/*", "assets/**/*"]},
+    install_requires=[
+        # torch is deliberately unpinned here: CPU machines install torch==2.13.0 first (README),
+        # GPU machines install the CUDA build they need. Anything >= 2.10 has the APIs we use.
+        "torch>=2.10",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "numpy",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        # transformers is a test-only *reference*: vc2 never imports it at run time.
+        "test": ["pytest>=8", "transformers==5.24.0", "jinja2", "gguf==0.19.0"],
+        # GPU only; has no wheels and needs a CUDA torch already installed (README).
+        "gpu": ["flash-attn>=2.6; sys_platform == 'linux'"],
+        # the embedded SmolLM2 demo model is converted from a GGUF file
+        "demo": ["gguf==0.19.0"],
+        "data": ["pyarrow"],
+    },
+)
