@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Minimal pure-PyTorch VisCoder2: Qwen2.5-Coder model, SFT trainer, sampler, VisPlotBench evaluation",
     python_requires=">=3.10",
-    packages=find_packages(include=["vc2", "vc2.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["vc2", "vc2.*"]),
     include_package_data=True,
     package_data={"vc2": ["eval/assets/**/*", "assets/**/*"]},
     install_requires=[

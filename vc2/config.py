@@ -173,8 +173,7 @@ PRESETS: dict[str, ModelConfig] = {
                                      num_hidden_layers=64, num_attention_heads=40, num_key_value_heads=8,
                                      tie_word_embeddings=False),
     # A tiny model for tests and CPU smoke runs: same code paths (GQA 2:1, bias, tied head), ~0.1M params.
-    "debug": ModelConfig(**{**_QWEN, "bos_token_id": 1, "eos_token_id": 2}, vocab_size=512, hidden_size=64,
+    "debug": ModelConfig(**{**_QWEN, "bos_token_id": 1, "eos_token_id": 2, "max_position_embeddings": 2048}, vocab_size=512, hidden_size=64,
                          intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=2048,
-                         torch_dtype="float32"),
+                         num_key_value_heads=2, tie_word_embeddings=True, torch_dtype="float32"),
 }

@@ -1,0 +1,210 @@
+"""Hugging Face checkpoints <-> vc2 modules: `load_model` and `save_model`.
+
+    import vc2
+    model = vc2.load_model("path/to/Qwen2.5-Coder-1.5B-Instruct", dtype=torch.bfloat16)
+    vc2.save_model(model, "out/my-finetune")  # config.json, generation_config.json, safetensors, tokenizer files
+
+A checkpoint directory holds config.json and either one `model.safetensors` or shards listed in
+`model.safetensors.index.json`. The HF-name -> vc2-name map below is data: every tensor of a checkpoint
+must be mapped and every parameter of the model must be filled, else a ValueError names the tensor and
+the file. Loading builds the model on the meta device and fills it tensor by tensor, so a model never
+needs twice its size in RAM.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vc2.config import ModelConfig
+from vc2.model import Transformer
+
+# HF tensor name -> vc2 parameter name. "{}" is the layer index. The q/k/v biases exist only when
+# config.attention_bias (Qwen2); lm_head.weight only when the head is untied.
+HF_TO_VC2 = {
+    "model.embed_tokens.weight": "embed.weight",
+    "model.layers.{}.input_layernorm.weight": "layers.{}.attn_norm.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attn.q.weight",
+    "model.layers.{}.self_attn.q_proj.bias": "layers.{}.attn.q.bias",
+    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attn.k.weight",
+    "model.layers.{}.self_attn.k_proj.bias": "layers.{}.attn.k.bias",
+    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attn.v.weight",
+    "model.layers.{}.self_attn.v_proj.bias": "layers.{}.attn.v.bias",
+    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attn.o.weight",
+    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.mlp_norm.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.mlp.gate.weight",
+    "model.layers.{}.mlp.up_proj.weight": "layers.{}.mlp.up.weight",
+    "model.layers.{}.mlp.down_proj.weight": "layers.{}.mlp.down.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"]
+SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+
+
+def hf_key_map(cfg: ModelConfig) -> dict[str, str]:
+    """The full HF-name -> vc2-name map for one config (layers expanded, absent tensors left out)."""
+    out = {}
+    for hf, ours in HF_TO_VC2.items():
+        if ".bias" in hf and not cfg.attention_bias:
+            continue
+        if hf == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        layers = range(cfg.num_hidden_layers) if "{}" in hf else [None]
+        for i in layers:
+            out[hf.format(i)] = ours.format(i)
+    return out
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    index = path / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e!r})") from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise ValueError(f"{index}: lists shard {f.name} which does not exist in {path}")
+        return files
+    if (path / SINGLE_FILE).is_file():
+        return [path / SINGLE_FILE]
+    if any(path.glob("*.bin")):
+        raise ValueError(f"{path}: only PyTorch .bin weights found; vc2 reads safetensors "
+                         "(convert them once with transformers: model.save_pretrained(dir, safe_serialization=True))")
+    raise ValueError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def resolve_model_path(path) -> Path:
+    """A checkpoint directory as given, or the directory of a named embedded model ("smollm2-135m")."""
+    if os.path.isdir(path):
+        return Path(path)
+    from vc2.convert_gguf import EMBEDDED_MODELS  # imported lazily: only the demo model needs gguf
+    if str(path) in EMBEDDED_MODELS:
+        return Path(EMBEDDED_MODELS[str(path)]())
+    raise ValueError(f"{path}: no such directory (and not an embedded model name: {sorted(EMBEDDED_MODELS)})")
+
+
+def load_model(path, dtype: torch.dtype | None = None, device="cpu") -> Transformer:
+    """Load a HF checkpoint directory (or a named embedded model, e.g. "smollm2-135m").
+
+    dtype None keeps the checkpoint's stored dtype (config.json `torch_dtype`/`dtype`).
+    The returned model is in eval mode and remembers `source_dir` and `generation_config`.
+    """
+    path = resolve_model_path(path)
+    path = Path(path)
+    cfg = ModelConfig.from_hf(path)
+    if dtype is None:
+        dtype = getattr(torch, cfg.torch_dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{path / 'config.json'}: unknown torch_dtype {cfg.torch_dtype!r}")
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    wanted = hf_key_map(cfg)
+    filled = {}
+    for file in _checkpoint_files(path):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue  # some exporters write both tied keys; the embedding is the one we keep
+                if name not in wanted:
+                    raise ValueError(f"{file}: unexpected tensor {name!r} (not part of a "
+                                     f"{cfg.model_type} model with this config.json)")
+                ours = wanted[name]
+                module_name, _, leaf = ours.rpartition(".")
+                module = model.get_submodule(module_name)
+                expected = getattr(module, leaf).shape
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(expected):
+                    raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config.json implies {tuple(expected)}")
+                t = f.get_tensor(name).to(device=device, dtype=dtype)
+                setattr(module, leaf, nn.Parameter(t, requires_grad=True))
+                filled[name] = file
+    missing = sorted(set(wanted) - set(filled))
+    if missing:
+        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ValueError(f"{path}: checkpoint lacks tensor(s) {missing[:5]}{more}")
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    assert not still_meta, f"parameters left unfilled: {still_meta}"
+    model.eval()
+    model.source_dir = path
+    gen = path / "generation_config.json"
+    model.generation_config = json.loads(gen.read_text()) if gen.is_file() else {}
+    return model
+
+
+def save_model(model: Transformer, path, dtype: torch.dtype | None = None, state_dict: dict | None = None,
+               max_shard_bytes: int = 5 * 2**30, tokenizer_dir=None):
+    """Write a HF directory that `transformers` and `vc2.load_model` both read.
+
+    dtype None keeps each tensor's dtype. `state_dict` (vc2 names) replaces model.state_dict(): the
+    trainer passes the full state dict gathered from FSDP shards. Checkpoints over `max_shard_bytes`
+    are split into shards with an index. Tokenizer files are copied from `tokenizer_dir`, else from the
+    directory the model was loaded from.
+    """
+    cfg = model.config
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict() if state_dict is None else state_dict
+    tensors = {}
+    for hf, ours in hf_key_map(cfg).items():
+        if ours not in sd:
+            raise ValueError(f"state dict lacks {ours!r} (HF {hf!r})")
+        t = sd[ours].detach()
+        tensors[hf] = t.to(device="cpu", dtype=dtype or t.dtype).contiguous()  # also unties storage
+
+    # greedy sharding in key order; one shard -> the plain single-file layout
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += nbytes
+    shards.append(current)
+    for old in list(path.glob("model*.safetensors")) + [path / INDEX_FILE]:
+        old.unlink(missing_ok=True)  # stale shards of an earlier save would confuse loaders
+    if len(shards) == 1:
+        _atomic_save(shards[0], path / SINGLE_FILE)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _atomic_save(shard, path / name)
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        _atomic_write(path / INDEX_FILE, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+    hf_config = cfg.to_hf()
+    hf_config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    _atomic_write(path / "config.json", json.dumps(hf_config, indent=2))
+    gen = dict(getattr(model, "generation_config", None) or {})
+    gen.setdefault("bos_token_id", cfg.bos_token_id)
+    gen.setdefault("eos_token_id", cfg.eos_token_id)
+    _atomic_write(path / "generation_config.json", json.dumps(gen, indent=2))
+    src = Path(tokenizer_dir) if tokenizer_dir else getattr(model, "source_dir", None)
+    if src is not None and Path(src).resolve() != path.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copyfile(Path(src) / name, path / name)
+    return path
+
+
+def _atomic_save(tensors: dict, file: Path):
+    tmp = file.with_name(file.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, file)
+
+
+def _atomic_write(file: Path, text: str):
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, file)

@@ -1,0 +1,238 @@
+"""The Qwen2 / Llama decoder, written by hand to match Hugging Face `transformers` numerics.
+
+    from vc2.config import PRESETS
+    from vc2.model import Transformer
+    model = Transformer(PRESETS["debug"])
+    logits = model(input_ids)                                   # (B, T) -> (B, T, V)
+    logits = model(packed_ids, position_ids=pos, cu_seqlens=cu)  # one packed row of several documents
+
+This file is a readable one-device model. FSDP, activation checkpointing and torch.compile are applied
+from the outside (vc2/train.py); weights are loaded by vc2/checkpoint.py.
+
+Shape legend: B batch, T query length, S key length (cache), D hidden_size, H query heads,
+K key/value heads, hd head_dim, V vocab rows, N total tokens of a packed row.
+
+Numerics that must match HF exactly (see tests/test_model.py):
+  * RMSNorm normalises in fp32, casts back to the input dtype, *then* multiplies by the weight.
+  * RoPE tables (inv_freq, cos, sin) are computed in fp32 on every call and only the final cos/sin
+    are cast to the activation dtype; there is no buffer a `model.to(bf16)` could silently cast.
+  * rotate-half (NeoX) RoPE, applied to q and k after their bias.
+  * GQA: kv head j serves query heads j*g .. j*g+g-1 (what repeat_interleave / enable_gqa does).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vc2.config import ModelConfig
+
+# Optional GPU attention kernels. Both are CUDA-only; on CPU we use SDPA (see `attention`).
+try:
+    from flash_attn import flash_attn_varlen_func  # the flash-attn package (no wheels: built on GPU hosts)
+except ImportError:
+    flash_attn_varlen_func = None
+try:
+    from torch.nn.attention.varlen import varlen_attn  # PyTorch's own FA-varlen (2.10+), CUDA only
+except ImportError:
+    varlen_attn = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # HF order: normalise in fp32, cast back, then scale. F.rms_norm rounds differently in bf16.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
+    """cos/sin tables (B, T, hd) for integer positions (B, T), computed in fp32 as HF does."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device)
+                                .float() / head_dim))  # (hd/2,)
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)              # (B, T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x (B, T, n, hd); cos/sin (B, T, hd). Rotate-half: pairs are (i, i + hd/2), not interleaved."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend="auto"):
+    """Causal attention. q (B, T, H, hd); k, v (B, S, K, hd) -> (B, T, H, hd).
+
+    Three situations:
+      * plain batch (no cu_seqlens, no mask): causal over each row.
+      * packed row (B=1, cu_seqlens): causal inside each document, nothing across documents.
+      * explicit boolean attn_mask (B, 1, T, S), True = may attend: the KV-cache / left-padding path.
+    `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA; on CPU
+    "sdpa_loop" (one SDPA call per document), which measured faster than one SDPA call with a
+    (N, N) block-diagonal mask ("sdpa_mask") on this 2-core CPU (bench/bench_attention.py).
+    """
+    B, T, H, hd = q.shape
+    K = k.shape[2]
+    if attn_mask is not None or cu_seqlens is None:
+        # SDPA wants (B, n, T, hd). With T == 1 against a longer cache, is_causal would align the mask
+        # top-left (attend to key 0 only), so the cache path always passes an explicit mask.
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           enable_gqa=H != K)
+        return y.transpose(1, 2)
+
+    assert B == 1, "a packed batch is one row; cu_seqlens indexes into it"
+    assert int(cu_seqlens[-1]) == T, f"cu_seqlens ends at {int(cu_seqlens[-1])} but the row has {T} tokens"
+    if backend == "auto":
+        if q.is_cuda and flash_attn_varlen_func is not None:
+            backend = "flash_attn"
+        elif q.is_cuda and varlen_attn is not None:
+            backend = "torch_varlen"
+        else:
+            backend = "sdpa_loop"
+    if max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if backend == "flash_attn":
+        cu = cu_seqlens.to(torch.int32)
+        y = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, causal=True)
+        return y.unsqueeze(0)
+    if backend == "torch_varlen":
+        cu = cu_seqlens.to(torch.int32)
+        # 2.13 signature: causal is window_size=(-1, 0) (an older release had is_causal=True).
+        y = varlen_attn(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, window_size=(-1, 0), enable_gqa=H != K)
+        return y.unsqueeze(0)
+    if backend == "sdpa_loop":
+        out = torch.empty_like(q)
+        bounds = cu_seqlens.tolist()
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            qd, kd, vd = (t[:, s:e].transpose(1, 2) for t in (q, k, v))  # (1, n, len, hd)
+            out[:, s:e] = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=H != K).transpose(1, 2)
+        return out
+    if backend == "sdpa_mask":
+        doc = torch.searchsorted(cu_seqlens[1:], torch.arange(T, device=q.device), right=True)  # (N,) doc index
+        idx = torch.arange(T, device=q.device)
+        mask = (doc[:, None] == doc[None, :]) & (idx[:, None] >= idx[None, :])  # (N, N)
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=H != K).transpose(1, 2)
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        D, H, K, hd = cfg.hidden_size, self.n_head, self.n_kv_head, self.head_dim
+        self.q = nn.Linear(D, H * hd, bias=cfg.attention_bias)
+        self.k = nn.Linear(D, K * hd, bias=cfg.attention_bias)
+        self.v = nn.Linear(D, K * hd, bias=cfg.attention_bias)
+        self.o = nn.Linear(H * hd, D, bias=False)
+        self.backend = "auto"
+
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, kv_cache=None, attn_mask=None):
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim)     # (B, T, H, hd)
+        k = self.k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, K, hd)
+        v = self.v(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, K, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, S, K, hd): everything cached so far
+        y = attention(q, k, v, cu_seqlens, max_seqlen, attn_mask, self.backend)  # (B, T, H, hd)
+        return self.o(y.reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cu_seqlens=None, max_seqlen=None, kv_cache=None, attn_mask=None):
+        # out-of-place adds: under FSDP2 an in-place op on a module output can drop its backward hook
+        h = x + self.attn(self.attn_norm(x), cos, sin, cu_seqlens, max_seqlen, kv_cache, attn_mask)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        """Share the head with the embedding when the config says so (call again after assign-loading)."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None, std: float = 0.02):
+        """HF-style init (normal(0, std) matrices, zero biases, unit norms): used for training from scratch
+        and for tests. Loading a checkpoint overwrites everything."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():  # a tied head is visited once, via embed
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+        return self
+
+    def forward(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, kv_cache=None,
+                attn_mask=None, return_hidden=False):
+        """input_ids (B, T) -> logits (B, T, V) in the weights' dtype (or the final hidden states (B, T, D)
+        with return_hidden=True, for the training loop's chunked cross-entropy).
+
+        position_ids (B, T): defaults to 0..T-1 (offset by the cache fill when a kv_cache is given).
+        cu_seqlens (n_docs+1,) int32 with B == 1: a packed row; position_ids must restart at 0 per document.
+        kv_cache: an object with .update(layer_idx, k, v) -> (k_all, v_all) and .pos (see vc2/sample.py);
+        attn_mask (B, 1, T, S) bool goes with it.
+        """
+        B, T = input_ids.shape
+        if position_ids is None:
+            start = kv_cache.pos if kv_cache is not None else 0
+            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+        x = self.embed(input_ids)  # (B, T, D)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for block in self.layers:
+            x = block(x, cos, sin, cu_seqlens, max_seqlen, kv_cache, attn_mask)
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        return self.lm_head(x)  # (B, T, V)
+
+    def set_attention_backend(self, backend: str):
+        """'auto' | 'flash_attn' | 'torch_varlen' | 'sdpa_loop' | 'sdpa_mask' for packed rows."""
+        for block in self.layers:
+            block.attn.backend = backend
+
+
+def packed_position_ids(cu_seqlens) -> torch.Tensor:
+    """Per-document positions (1, N) for a packed row: 0..len-1 inside each document."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    return torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(cu_seqlens.device)
+
