@@ -8,6 +8,7 @@
 from vc2.checkpoint import load_model, save_model
 from vc2.config import PRESETS, ModelConfig
 from vc2.model import Transformer
+from vc2.sample import generate
 from vc2.tokenizer import load_tokenizer
 
-__all__ = ["ModelConfig", "PRESETS", "Transformer", "load_model", "save_model", "load_tokenizer"]
+__all__ = ["ModelConfig", "PRESETS", "Transformer", "load_model", "save_model", "load_tokenizer", "generate"]

@@ -137,6 +137,9 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu") -> Transfor
     model.source_dir = path
     gen = path / "generation_config.json"
     model.generation_config = json.loads(gen.read_text()) if gen.is_file() else {}
+    if (path / "tokenizer.json").is_file():  # the sampler masks embedding rows past the real vocabulary
+        from tokenizers import Tokenizer
+        model.n_real_tokens = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
     return model
 
 
