@@ -21,10 +21,17 @@ def test_key_map_covers_every_parameter(name):
     with torch.device("meta"):
         model = Transformer(cfg)
     ours = set(model.state_dict())  # a tied head appears under both names
-    mapped = set(hf_key_map(cfg).values())
+    mapped = {name for name, _ in hf_key_map(cfg).values()}
     if cfg.tie_word_embeddings:
         mapped.add("lm_head.weight")
     assert mapped == ours
+    # the parts of every fused parameter tile its rows exactly, in order
+    from vc2.checkpoint import part_rows
+    for name, p in model.named_parameters():
+        parts = sorted((part_rows(cfg, part) for ours, part in hf_key_map(cfg).values() if ours == name),
+                       key=lambda s: s.start or 0)
+        rows = [r for s in parts for r in range(*s.indices(p.shape[0]))]
+        assert rows == list(range(p.shape[0])), name
     n_hf = len(hf_key_map(cfg))
     assert n_hf == cfg.num_hidden_layers * 12 + 2 + (0 if cfg.tie_word_embeddings else 1)  # 339 for 7B
 

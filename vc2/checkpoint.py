@@ -23,41 +23,51 @@ from safetensors.torch import save_file
 from vc2.config import ModelConfig
 from vc2.model import Transformer
 
-# HF tensor name -> vc2 parameter name. "{}" is the layer index. The q/k/v biases exist only when
-# config.attention_bias (Qwen2); lm_head.weight only when the head is untied.
+# HF tensor name -> (vc2 parameter name, part). "{}" is the layer index. vc2 fuses q/k/v into one
+# `qkv` matrix and gate/up into one `gate_up` matrix: `part` names the block of rows (dim 0) an HF tensor
+# fills, None for a whole parameter. The q/k/v biases exist only when config.attention_bias (Qwen2);
+# lm_head.weight only when the head is untied.
 HF_TO_VC2 = {
-    "model.embed_tokens.weight": "embed.weight",
-    "model.layers.{}.input_layernorm.weight": "layers.{}.attn_norm.weight",
-    "model.layers.{}.self_attn.q_proj.weight": "layers.{}.attn.q.weight",
-    "model.layers.{}.self_attn.q_proj.bias": "layers.{}.attn.q.bias",
-    "model.layers.{}.self_attn.k_proj.weight": "layers.{}.attn.k.weight",
-    "model.layers.{}.self_attn.k_proj.bias": "layers.{}.attn.k.bias",
-    "model.layers.{}.self_attn.v_proj.weight": "layers.{}.attn.v.weight",
-    "model.layers.{}.self_attn.v_proj.bias": "layers.{}.attn.v.bias",
-    "model.layers.{}.self_attn.o_proj.weight": "layers.{}.attn.o.weight",
-    "model.layers.{}.post_attention_layernorm.weight": "layers.{}.mlp_norm.weight",
-    "model.layers.{}.mlp.gate_proj.weight": "layers.{}.mlp.gate.weight",
-    "model.layers.{}.mlp.up_proj.weight": "layers.{}.mlp.up.weight",
-    "model.layers.{}.mlp.down_proj.weight": "layers.{}.mlp.down.weight",
-    "model.norm.weight": "norm.weight",
-    "lm_head.weight": "lm_head.weight",
+    "model.embed_tokens.weight": ("embed.weight", None),
+    "model.layers.{}.input_layernorm.weight": ("layers.{}.attn_norm.weight", None),
+    "model.layers.{}.self_attn.q_proj.weight": ("layers.{}.attn.qkv.weight", "q"),
+    "model.layers.{}.self_attn.k_proj.weight": ("layers.{}.attn.qkv.weight", "k"),
+    "model.layers.{}.self_attn.v_proj.weight": ("layers.{}.attn.qkv.weight", "v"),
+    "model.layers.{}.self_attn.q_proj.bias": ("layers.{}.attn.qkv.bias", "q"),
+    "model.layers.{}.self_attn.k_proj.bias": ("layers.{}.attn.qkv.bias", "k"),
+    "model.layers.{}.self_attn.v_proj.bias": ("layers.{}.attn.qkv.bias", "v"),
+    "model.layers.{}.self_attn.o_proj.weight": ("layers.{}.attn.o.weight", None),
+    "model.layers.{}.post_attention_layernorm.weight": ("layers.{}.mlp_norm.weight", None),
+    "model.layers.{}.mlp.gate_proj.weight": ("layers.{}.mlp.gate_up.weight", "gate"),
+    "model.layers.{}.mlp.up_proj.weight": ("layers.{}.mlp.gate_up.weight", "up"),
+    "model.layers.{}.mlp.down_proj.weight": ("layers.{}.mlp.down.weight", None),
+    "model.norm.weight": ("norm.weight", None),
+    "lm_head.weight": ("lm_head.weight", None),
 }
+
+
+def part_rows(cfg: ModelConfig, part: str | None) -> slice:
+    """The rows of a fused parameter that one HF tensor occupies."""
+    q, kv, inter = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, cfg.intermediate_size
+    return {None: slice(None), "q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv),
+            "gate": slice(0, inter), "up": slice(inter, 2 * inter)}[part]
+
+
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"]
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 
 
-def hf_key_map(cfg: ModelConfig) -> dict[str, str]:
-    """The full HF-name -> vc2-name map for one config (layers expanded, absent tensors left out)."""
+def hf_key_map(cfg: ModelConfig) -> dict[str, tuple[str, str | None]]:
+    """The full HF name -> (vc2 name, part) map for one config (layers expanded, absent tensors left out)."""
     out = {}
-    for hf, ours in HF_TO_VC2.items():
+    for hf, (ours, part) in HF_TO_VC2.items():
         if ".bias" in hf and not cfg.attention_bias:
             continue
         if hf == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        layers = range(cfg.num_hidden_layers) if "{}" in hf else [None]
-        for i in layers:
-            out[hf.format(i)] = ours.format(i)
+        for i in range(cfg.num_hidden_layers) if "{}" in hf else [None]:
+            out[hf.format(i)] = (ours.format(i), part)
     return out
 
 
@@ -105,34 +115,33 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu") -> Transfor
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"{path / 'config.json'}: unknown torch_dtype {cfg.torch_dtype!r}")
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = Transformer(cfg)  # no memory yet; each parameter is allocated once, in its final dtype
+    for name, p in list(model.named_parameters()):
+        module_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(module_name), leaf, nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device)))
+    model.tie_weights()
     wanted = hf_key_map(cfg)
-    filled = {}
-    for file in _checkpoint_files(path):
-        with safe_open(file, framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                    continue  # some exporters write both tied keys; the embedding is the one we keep
-                if name not in wanted:
-                    raise ValueError(f"{file}: unexpected tensor {name!r} (not part of a "
-                                     f"{cfg.model_type} model with this config.json)")
-                ours = wanted[name]
-                module_name, _, leaf = ours.rpartition(".")
-                module = model.get_submodule(module_name)
-                expected = getattr(module, leaf).shape
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(expected):
-                    raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config.json implies {tuple(expected)}")
-                t = f.get_tensor(name).to(device=device, dtype=dtype)
-                setattr(module, leaf, nn.Parameter(t, requires_grad=True))
-                filled[name] = file
-    missing = sorted(set(wanted) - set(filled))
+    filled = set()
+    with torch.no_grad():
+        for file in _checkpoint_files(path):
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                        continue  # some exporters write both tied keys; the embedding is the one we keep
+                    if name not in wanted:
+                        raise ValueError(f"{file}: unexpected tensor {name!r} (not part of a "
+                                         f"{cfg.model_type} model with this config.json)")
+                    ours, part = wanted[name]
+                    target = model.get_parameter(ours)[part_rows(cfg, part)]
+                    shape = tuple(f.get_slice(name).get_shape())
+                    if shape != tuple(target.shape):
+                        raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config.json implies {tuple(target.shape)}")
+                    target.copy_(f.get_tensor(name))  # casts to the model dtype; one tensor in flight at a time
+                    filled.add(name)
+    missing = sorted(set(wanted) - filled)
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ValueError(f"{path}: checkpoint lacks tensor(s) {missing[:5]}{more}")
-    model.tie_weights()
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    assert not still_meta, f"parameters left unfilled: {still_meta}"
     model.eval()
     model.source_dir = path
     gen = path / "generation_config.json"
@@ -157,11 +166,11 @@ def save_model(model: Transformer, path, dtype: torch.dtype | None = None, state
     path.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if state_dict is None else state_dict
     tensors = {}
-    for hf, ours in hf_key_map(cfg).items():
+    for hf, (ours, part) in hf_key_map(cfg).items():
         if ours not in sd:
             raise ValueError(f"state dict lacks {ours!r} (HF {hf!r})")
-        t = sd[ours].detach()
-        tensors[hf] = t.to(device="cpu", dtype=dtype or t.dtype).contiguous()  # also unties storage
+        t = sd[ours].detach()[part_rows(cfg, part)]
+        tensors[hf] = t.to(device="cpu", dtype=dtype or t.dtype).clone()  # own storage: no shared/tied views
 
     # greedy sharding in key order; one shard -> the plain single-file layout
     shards, current, size = [], {}, 0

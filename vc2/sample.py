@@ -185,7 +185,8 @@ def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k
             keep = (~finished).nonzero().squeeze(-1)
             rows, tok, next_pos, seen, valid, done = (t[keep] for t in (rows, tok, next_pos, seen, valid, done))
             cache.keep_rows(keep)
-        seen[torch.arange(len(tok), device=device), tok] = True
+        if repetition_penalty != 1.0:
+            seen[torch.arange(len(tok), device=device), tok] = True
         valid[:, cache.pos] = True
         if compile:
             cache.write_pos = torch.tensor([cache.pos], device=device)
