@@ -155,7 +155,8 @@ def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k
         full = torch.zeros(B, L, S_max, dtype=torch.bool, device=device)
         full[:, :, :L] = mask
         mask = full
-    logits = model(ids, position_ids=positions, kv_cache=cache, attn_mask=mask[:, None])[:, -1].float()
+    hidden = model(ids, position_ids=positions, kv_cache=cache, attn_mask=mask[:, None], return_hidden=True)
+    logits = model.lm_head(hidden[:, -1]).float()  # only the last position's logits: (B, V), not (B, L, V)
     cache.advance(L)
     next_pos = positions[:, -1] + 1  # (B,)
 
