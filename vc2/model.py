@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from vc2.config import ModelConfig
 
@@ -212,9 +213,11 @@ class Transformer(nn.Module):
         return self
 
     def forward(self, input_ids, position_ids=None, cu_seqlens=None, max_seqlen=None, kv_cache=None,
-                attn_mask=None, return_hidden=False):
+                attn_mask=None, return_hidden=False, labels=None, loss_chunk=4096):
         """input_ids (B, T) -> logits (B, T, V) in the weights' dtype (or the final hidden states (B, T, D)
-        with return_hidden=True, for the training loop's chunked cross-entropy).
+        with return_hidden=True). With labels (B, T) (-100 = ignore, already aligned: labels[t] is the
+        target of position t) it returns instead the *summed* cross-entropy, computed `loss_chunk` tokens
+        at a time so the (tokens x vocab) fp32 logits never exist all at once (see chunked_cross_entropy).
 
         position_ids (B, T): defaults to 0..T-1 (offset by the cache fill when a kv_cache is given).
         cu_seqlens (n_docs+1,) int32 with B == 1: a packed row; position_ids must restart at 0 per document.
@@ -230,6 +233,8 @@ class Transformer(nn.Module):
         for block in self.layers:
             x = block(x, cos, sin, cu_seqlens, max_seqlen, kv_cache, attn_mask)
         x = self.norm(x)
+        if labels is not None:
+            return chunked_cross_entropy(x, self.lm_head.weight, labels, loss_chunk)
         if return_hidden:
             return x
         return self.lm_head(x)  # (B, T, V)
@@ -238,6 +243,30 @@ class Transformer(nn.Module):
         """'auto' | 'flash_attn' | 'torch_varlen' | 'sdpa_loop' | 'sdpa_mask' for packed rows."""
         for block in self.layers:
             block.attn.backend = backend
+
+
+def _ce_chunk(h, weight, y):
+    logits = F.linear(h, weight)  # (n, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays fp64
+    return F.cross_entropy(logits, y, ignore_index=-100, reduction="sum")
+
+
+def chunked_cross_entropy(hidden, weight, labels, chunk: int):
+    """Sum of CE(hidden @ weight.T, labels) over labels != -100. Each chunk's logits are recomputed in
+    backward (activation checkpointing) rather than kept, so at 16K tokens x 152K vocab we hold ~0.6 GB
+    of fp32 logits per 1K-token chunk instead of ~10 GB (plus as much again for their gradient)."""
+    h = hidden.reshape(-1, hidden.shape[-1])  # (N, D)
+    y = labels.reshape(-1)                    # (N,)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+    for s in range(0, y.shape[0], chunk):
+        ys = y[s:s + chunk]
+        if not (ys != -100).any():
+            continue  # nothing supervised here (a prompt): skip the matmul entirely
+        if torch.is_grad_enabled():
+            total = total + torch.utils.checkpoint.checkpoint(_ce_chunk, h[s:s + chunk], weight, ys, use_reentrant=False)
+        else:
+            total = total + _ce_chunk(h[s:s + chunk], weight, ys)
+    return total
 
 
 def packed_position_ids(cu_seqlens) -> torch.Tensor:
