@@ -70,10 +70,11 @@ INSTRUCTIONS = {
     "asymptote": "You draw figures with Asymptote. Write one complete Asymptote program that draws the figure "
                  "described below; it is compiled with `asy -f png`. Reply with the whole program in a single "
                  "```{fence} code block.",
-    "html": "You build web visualizations. Write one complete, self-contained HTML page that shows the "
-            "visualization described below. It is opened in a headless browser without network access, so "
-            "use only inline CSS and JavaScript or SVG/canvas (no CDN libraries). Reply with the whole page "
-            "in a single ```{fence} code block.",
+    "html": "You build web visualizations. Write one complete HTML page that shows the visualization "
+            "described below. It is opened in a headless browser without general network access: common "
+            "chart libraries (Chart.js, D3, ECharts, Plotly, Vega-Embed, ApexCharts) load from their usual "
+            "CDN URLs, nothing else does (no web fonts, map tiles or APIs). Reply with the whole page in a "
+            "single ```{fence} code block.",
 }
 
 # How each data-driven language reaches its data. The executors write the task's CSV as `data.csv` in the
