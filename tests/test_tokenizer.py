@@ -45,6 +45,24 @@ def test_default_system_prompt_from_template(tokenizer_dir):
                     "<|im_start|>user\nDraw a bar chart of sales per month.<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_template_with_real_newlines_and_own_system_prompt(tokenizer_dir, tmp_path):
+    """SmolLM2-style templates write real newlines and their own default system prompt."""
+    import json, shutil, transformers
+    template = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                "{{ '<|im_start|>system\nYou are a careful plotting assistant.<|im_end|>\n' }}{% endif %}"
+                "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    for name in ("tokenizer.json", "generation_config.json"):
+        shutil.copy(tokenizer_dir / name, tmp_path / name)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    tok = vc2.load_tokenizer(tmp_path)
+    assert tok.default_system_prompt == "You are a careful plotting assistant."
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), chat_template=template)
+    for conv in CONVERSATIONS:
+        ids, _ = tok.render_chat(conv, add_generation_prompt=True)
+        assert ids == list(hf.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
 def test_loss_mask_covers_exactly_assistant_turns(tokenizer_dir):
     tok = vc2.load_tokenizer(tokenizer_dir)
     conv = CONVERSATIONS[2]

@@ -31,8 +31,8 @@ def _default_system_prompt(chat_template: str | None) -> str | None:
     """The system text a ChatML template inserts when the conversation has none (None if it inserts none)."""
     if not chat_template:
         return QWEN_DEFAULT_SYSTEM  # no template shipped: assume the Qwen2.5 convention vc2 is built for
-    # Jinja string literals write the newline as the two characters \n.
-    m = re.search(r"<\|im_start\|>system\\n([^'\"{}]*?)<\|im_end\|>", chat_template)
+    # Jinja string literals write the newline as the two characters \n (Qwen2.5) or as a real one (SmolLM2).
+    m = re.search(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}]*?)<\|im_end\|>", chat_template)
     return m.group(1) if m else None
 
 
