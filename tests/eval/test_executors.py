@@ -1,0 +1,95 @@
+"""Every language executor on five programs: one that draws, a syntax error, a runtime error, a blank
+render and one that never ends -> the expected Outcome.status. Plus: missing tool -> infra_error.
+
+Run: python -m pytest tests/eval/test_executors.py   (needs the renderers: sandbox_images/install_host.sh)
+Declarative languages (SVG, Vega-Lite, Mermaid) cannot loop forever; their "never ends" case is a heavy
+render given a budget far below its run time, which exercises the same kill path.
+"""
+import time
+from pathlib import Path
+
+import pytest
+
+from vc2.eval import executors
+
+CSV = "category,value\nalpha,3\nbeta,7\ngamma,5\n"
+
+CASES = {
+    "python": {
+        "pass": "import pandas as pd\nimport matplotlib.pyplot as plt\ndf = pd.read_csv('data.csv')\n"
+                "plt.bar(df['category'], df['value'])\nplt.title(r'$\\theta$ per category')\n",
+        "syntax_error": "import matplotlib.pyplot as plt\nplt.plot([1, 2]\n",
+        "runtime_error": "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nraise RuntimeError('boom')\n",
+        "blank_image": "import matplotlib.pyplot as plt\nfig = plt.figure()\nplt.axis('off')\n",
+        "timeout": "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nwhile True:\n    pass\n",
+    },
+    "svg": {
+        "pass": '<svg xmlns="http://www.w3.org/2000/svg" width="240" height="120">'
+                '<rect x="10" y="10" width="60" height="90" fill="steelblue"/>'
+                '<text x="90" y="60" font-family="Arial" font-size="20">\\theta label</text></svg>',
+        "syntax_error": '<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100"><rect></svg>',
+        "runtime_error": "<html><body>not an svg root</body></html>",
+        "blank_image": '<svg xmlns="http://www.w3.org/2000/svg" width="200" height="100">'
+                       '<rect width="200" height="100" fill="white"/></svg>',
+        "timeout": '<svg xmlns="http://www.w3.org/2000/svg" width="4000" height="4000"><filter id="f">'
+                   '<feTurbulence baseFrequency="0.002" numOctaves="10"/><feGaussianBlur stdDeviation="40"/>'
+                   '</filter><rect width="4000" height="4000" filter="url(#f)"/></svg>',
+    },
+}
+TIMEOUTS = {"python": 5, "svg": 0.5}  # budgets for the "timeout" case only
+
+PARAMS = [(lang, want) for lang, cases in CASES.items() for want in cases]
+
+
+@pytest.mark.parametrize("lang,want", PARAMS, ids=[f"{l}-{w}" for l, w in PARAMS])
+def test_outcome(tmp_path, lang, want):
+    t0 = time.monotonic()
+    out = executors.run(lang, CASES[lang][want], tmp_path / "w", data_csv=CSV,
+                        timeout_s=TIMEOUTS[lang] if want == "timeout" else None)
+    assert out.status == want, f"{lang}/{want}: got {out.status}: {out.error}"
+    assert out.sandbox == "bwrap"
+    if want == "pass":
+        assert out.image.suffix == ".png" and out.image.parent == tmp_path / "w" and not out.error
+    elif want == "blank_image":
+        assert out.image is not None and "blank" in out.error
+    else:
+        assert out.error, "a failure must say why"
+    if want == "timeout":
+        assert time.monotonic() - t0 < TIMEOUTS[lang] + 15
+
+
+def test_error_messages_are_useful(tmp_path):
+    out = executors.run("python", CASES["python"]["runtime_error"], tmp_path)
+    assert "RuntimeError: boom" in out.error and 'File "plot.py", line 3' in out.error
+    assert "py_driver" not in out.error  # the driver's own frame is dropped
+
+
+def test_missing_tool_is_infra_error(tmp_path, monkeypatch):
+    real = executors.shutil.which
+    monkeypatch.setattr(executors.shutil, "which", lambda t: None if t == "rsvg-convert" else real(t))
+    out = executors.run("svg", CASES["svg"]["pass"], tmp_path)
+    assert out.status == "infra_error" and "rsvg-convert" in out.error and "install_host.sh" in out.error
+
+
+def test_unknown_language_and_unavailable_sandbox_are_value_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown language"):
+        executors.run("cobol", "x", tmp_path)
+    with pytest.raises(ValueError, match="docker"):
+        executors.run("svg", CASES["svg"]["pass"], tmp_path, sandbox="docker")
+
+
+def test_python_saved_file_and_several_figures(tmp_path):
+    code = ("import matplotlib.pyplot as plt\nplt.figure(); plt.plot([1, 3, 2])\nplt.figure(); plt.bar([1, 2], [3, 4])\n")
+    out = executors.run("python", code, tmp_path / "a")
+    assert out.status == "pass" and out.detail["images"] == ["_vc2_fig0.png", "_vc2_fig1.png"]
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.savefig('chart.png')\nplt.close()\n"
+    out = executors.run("python", code, tmp_path / "b")
+    assert out.status == "pass" and out.image.name == "chart.png"
+    out = executors.run("python", "print('no plot here')\n", tmp_path / "c")
+    assert out.status == "no_image"
+
+
+def test_describe_sandbox_names_mode_and_versions():
+    d = executors.describe_sandbox()
+    assert d["sandbox"] == "bwrap"
+    assert set(executors.LANGUAGES) <= set(d) and "matplotlib" in d["python"]

@@ -1,0 +1,1 @@
+"""VisPlotBench-style evaluation: tasks, prompts, sandboxed renderers (executors), reports."""

@@ -1,0 +1,66 @@
+"""What every language executor shares: the Outcome record and one sandboxed call that sorts out the
+failures that are never the model's fault (missing tool, unreachable interpreter) from the rest."""
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vc2.eval import sandbox
+
+STATUSES = ("pass", "syntax_error", "runtime_error", "timeout", "no_image", "blank_image", "infra_error")
+INSTALL_HINT = "install the renderers with `bash sandbox_images/install_host.sh`"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Outcome:
+    status: str                 # one of STATUSES
+    error: str = ""             # trimmed stderr / the useful part of a log
+    image: Path | None = None   # the first rendered PNG (copied into the workdir)
+    wall_s: float = 0.0
+    sandbox: str = ""           # the mode actually used
+    detail: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        assert self.status in STATUSES, self.status
+
+
+def trim(text, limit=3000):
+    """Keep the end of long tool output (the error is almost always last), drop ANSI codes."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text or "").strip()
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def execute(cmd, workdir, mode, timeout_s, **limits):
+    """sandbox.run + the generic verdicts. Returns (Result, Outcome-or-None); None = the caller decides."""
+    res = sandbox.run(cmd, workdir, timeout_s=timeout_s, mode=mode, **limits)
+    if res.timed_out:
+        return res, Outcome("timeout", f"killed after {timeout_s:.0f} s wall-clock", wall_s=res.wall_s,
+                            detail={"stderr_tail": trim(res.stderr, 500)})
+    # prlimit/setpriv could not start the tool: e.g. the interpreter lives in /root and the sandbox user
+    # cannot reach it in plain mode. That is the machine's problem, not the code's.
+    if res.returncode in (126, 127) and "failed to execute" in res.stderr:
+        return res, Outcome("infra_error", f"{trim(res.stderr, 500)}\n(the sandbox user cannot run the "
+                            f"tool in mode {mode!r}; use bwrap/unshare or make it readable)")
+    return res, None
+
+
+def tool_version(argv, pattern=r"(\d+\.\d+[\w.]*)"):
+    """First version-looking token of `tool --version`, or 'missing'."""
+    if shutil.which(argv[0]) is None:
+        return "missing"
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"error: {e}"
+    m = re.search(pattern, r.stdout + r.stderr)
+    return m.group(1) if m else (r.stdout + r.stderr).strip()[:60]
+
+
+def module_version(name):
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"
