@@ -261,8 +261,9 @@ def shrink_png(src, dst, max_side=480, max_bytes=60_000):
     while True:
         small = img.copy()
         small.thumbnail((side, side), Image.LANCZOS)
-        # 128 colours without dithering keeps flat chart areas flat, which PNG compresses well
-        small = small.quantize(colors=128, dither=Image.Dither.NONE)
+        # a 256-colour palette without dithering keeps flat chart areas flat (PNG compresses them well);
+        # the octree keeps rare colours (a colour bar's ends) that median cut merges away
+        small = small.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
         buf = io.BytesIO()
         small.save(buf, format="PNG", optimize=True)
         if buf.tell() <= max_bytes or side <= 160:
