@@ -101,7 +101,7 @@ def main(argv=None):
         name = os.path.basename(os.path.normpath(args.model))
     out = args.out or os.path.join("runs", f"eval-{name}")
 
-    mode = executors.describe_sandbox(args.sandbox) if hasattr(executors, "describe_sandbox") else args.sandbox
+    mode = executors.describe_sandbox(args.sandbox)["sandbox"]
     print(f"{len(tasks)} tasks ({', '.join(sorted({t.language for t in tasks}))}), answers: {source.name}, "
           f"sandbox: {mode}, out: {out}", file=sys.stderr)
     try:
