@@ -35,8 +35,43 @@ CASES = {
                    '<feTurbulence baseFrequency="0.002" numOctaves="10"/><feGaussianBlur stdDeviation="40"/>'
                    '</filter><rect width="4000" height="4000" filter="url(#f)"/></svg>',
     },
+    "vegalite": {
+        "pass": '{"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "data": {"url": "data.csv"}, '
+                '"mark": "bar", "title": "a \\\\theta \\"quoted\\"", "encoding": {"x": {"field": "category", '
+                '"type": "nominal"}, "y": {"field": "value", "type": "quantitative"}}}',
+        "syntax_error": '{"mark": "bar",, }',
+        # unfetchable data is an error here, not a chart with empty axes
+        "runtime_error": '{"data": {"url": "https://example.com/cars.json"}, "mark": "point", '
+                         '"encoding": {"x": {"field": "a", "type": "quantitative"}}}',
+        "blank_image": '{"mark": "point"}',
+        "timeout": '{"data": {"sequence": {"start": 0, "stop": 3000000}}, "mark": "point", '
+                   '"encoding": {"x": {"field": "data", "type": "quantitative"}}}',
+    },
+    "latex": {
+        "pass": "\\documentclass{standalone}\n\\usepackage{pgfplots}\n\\pgfplotsset{compat=1.18}\n\\begin{document}\n"
+                "\\begin{tikzpicture}\\begin{axis}[ybar, symbolic x coords={alpha,beta,gamma}, xtick=data, title={$\\theta$}]\n"
+                "\\addplot table[col sep=comma, x=category, y=value] {data.csv};\n\\end{axis}\\end{tikzpicture}\n\\end{document}\n",
+        "syntax_error": "\\documentclass{standalone}\n\\begin{document}\n\\foo\n\\end{document}\n",
+        "runtime_error": "\\documentclass{standalone}\n\\usepackage{tikz}\n\\begin{document}\n\\pgfmathparse{1/0}\n\\end{document}\n",
+        "blank_image": "\\documentclass{article}\n\\begin{document}\n\\thispagestyle{empty}\\mbox{}\n\\end{document}\n",
+        "timeout": "\\documentclass{article}\n\\begin{document}\n\\def\\a{\\a}\\a\n\\end{document}\n",
+    },
+    "asymptote": {
+        "pass": 'size(200);\ndraw(unitcircle, blue+2);\nlabel("$\\theta$", (0,0));\n',
+        "syntax_error": "draw((0,0)--(1,1)\n",
+        "runtime_error": "real x = 1/0;\n",
+        "blank_image": "size(100);\ndraw((0,0)--(1,1), invisible);\n",
+        "timeout": "while(true) {}\n",
+    },
+    "lilypond": {
+        "pass": '\\version "2.24.0"\n\\relative c\' { c4 d e f | g1\\f }\n',
+        "syntax_error": "\\relative c { c4 d e f\n",
+        "runtime_error": '#(error "boom")\n\\relative c\' { c4 }\n',
+        "blank_image": '\\markup { " " }\n',
+        "timeout": "#(let loop () (loop))\n",
+    },
 }
-TIMEOUTS = {"python": 5, "svg": 0.5}  # budgets for the "timeout" case only
+TIMEOUTS = {"python": 5, "svg": 0.5, "vegalite": 1, "latex": 5, "asymptote": 5, "lilypond": 8}  # budgets for the "timeout" case only
 
 PARAMS = [(lang, want) for lang, cases in CASES.items() for want in cases]
 
@@ -87,6 +122,24 @@ def test_python_saved_file_and_several_figures(tmp_path):
     assert out.status == "pass" and out.image.name == "chart.png"
     out = executors.run("python", "print('no plot here')\n", tmp_path / "c")
     assert out.status == "no_image"
+
+
+def test_asymptote_3d_runs_under_xvfb(tmp_path):
+    out = executors.run("asymptote", "import three;\nsize(200);\ndraw(unitsphere, red);\n", tmp_path)
+    assert out.status == "pass" and out.detail["3d"], out.error
+
+
+def test_lilypond_multi_page_score_passes(tmp_path):
+    notes = " ".join(["c4 d e f g a b c"] * 60)
+    out = executors.run("lilypond", f"\\version \"2.24.0\"\n\\relative c' {{ {notes} }}\n", tmp_path)
+    assert out.status == "pass", out.error
+    assert len(out.detail["images"]) > 1 and out.image.name == "score-page1.png"
+
+
+def test_latex_xelatex_for_fontspec_and_csv_optional(tmp_path):
+    doc = "\\documentclass{article}\n\\usepackage{fontspec}\n\\begin{document}\nGrüße \\LaTeX\n\\end{document}\n"
+    out = executors.run("latex", doc, tmp_path / "a", data_csv=CSV)  # data.csv present, not used: still fine
+    assert out.status == "pass" and out.detail["compiler"] == "xelatex", out.error
 
 
 def test_describe_sandbox_names_mode_and_versions():

@@ -1,5 +1,39 @@
-TOOLS = ["missing-asymptote"]
+"""Asymptote: `asy -f png -render=2` (2 px per bp), run under xvfb-run when the code imports a 3D
+module (OpenGL needs a display; headless asy prints "freeglut: failed to open display").
+
+The source is written to figure.asy (a file named after a module, e.g. three.asy, fails with
+"recursive loading"). Parse errors ("syntax error", "unexpected end of input") are syntax_error;
+everything else asy reports (undefined names, divide by zero, abort()) is a runtime_error. asy's
+-safe mode (the default) forbids system calls. Measured here: about 0.7 s for a 2D figure, 2.5 s 3D.
+"""
+import re
+
+from vc2.eval.executors.common import Outcome, execute, tool_version, trim
+
+TOOLS = ["asy", "gs", "xvfb-run"]
 MODULES = []
-TIMEOUT_S = 1.0
-def render(*a): raise NotImplementedError
-def version(): return "todo"
+TIMEOUT_S = 120.0
+THREE_D = re.compile(r"^\s*(import|access)\s+(three|graph3|solids|bsp|contour3|tube|obj|grid3|smoothcontour3)\b", re.M)
+SYNTAX = re.compile(r"syntax error|unexpected end of input|unterminated (string|comment)")
+
+
+def render(code, workdir, mode, timeout_s):
+    (workdir / "figure.asy").write_text(code, encoding="utf-8")
+    cmd = ["asy", "-noV", "-f", "png", "-render=2", "-o", "figure", "figure.asy"]
+    three_d = bool(THREE_D.search(code))
+    if three_d:
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"] + cmd
+    res, out = execute(cmd, workdir, mode, timeout_s, mem_mb=4096)
+    if out:
+        return out
+    err = trim(res.stderr + res.stdout)
+    png = workdir / "figure.png"
+    if res.returncode != 0:
+        return Outcome("syntax_error" if SYNTAX.search(err) else "runtime_error", err, detail={"3d": three_d})
+    if not png.exists():
+        return Outcome("no_image", err or "asy produced no figure.png (nothing shipped out?)", detail={"3d": three_d})
+    return Outcome("pass", image=png, detail={"3d": three_d})
+
+
+def version():
+    return "asy " + tool_version(["asy", "--version"], r"version (\S+)")

@@ -46,6 +46,16 @@ def execute(cmd, workdir, mode, timeout_s, **limits):
     return res, None
 
 
+def crop(png, margin=20):
+    """Cut the page down to its ink plus a margin (an article page is mostly white paper)."""
+    from PIL import Image, ImageChops
+    img = Image.open(png).convert("RGB")
+    box = ImageChops.difference(img, Image.new("RGB", img.size, (255, 255, 255))).point(lambda v: 255 if v > 24 else 0).getbbox()
+    if box:
+        l, t, r, b = box
+        img.crop((max(l - margin, 0), max(t - margin, 0), min(r + margin, img.width), min(b + margin, img.height))).save(png)
+
+
 def tool_version(argv, pattern=r"(\d+\.\d+[\w.]*)"):
     """First version-looking token of `tool --version`, or 'missing'."""
     if shutil.which(argv[0]) is None:

@@ -1,5 +1,33 @@
-TOOLS = ["missing-vegalite"]
-MODULES = []
-TIMEOUT_S = 1.0
-def render(*a): raise NotImplementedError
-def version(): return "todo"
+"""Vega-Lite (and plain Vega): vl-convert-python (bundled V8 + Vega-Lite), spec written to spec.json.
+
+Invalid JSON is a syntax_error; a spec vl-convert rejects, or data it cannot load, a runtime_error
+(unfetchable URL data otherwise renders as empty axes with no error). data.csv is inlined by
+vl_driver.py. Fixed scale 2 (the original harness drew it at random). Measured here: about 1.1 s,
+most of it interpreter + V8 start-up. Limit: no warm worker.
+"""
+import sys
+
+from vc2.eval.executors.common import HERE, Outcome, execute, module_version, trim
+
+TOOLS = []
+MODULES = ["vl_convert"]
+TIMEOUT_S = 60.0
+
+
+def render(code, workdir, mode, timeout_s):
+    (workdir / "spec.json").write_text(code, encoding="utf-8")
+    # RLIMIT_DATA, not AS: V8's pointer cage reserves far more address space than it uses
+    res, out = execute([sys.executable, "-I", HERE / "vl_driver.py"], workdir, mode, timeout_s, mem_mb=4096)
+    if out:
+        return out
+    err = trim(res.stderr)
+    if res.returncode == 3:
+        return Outcome("syntax_error", err)
+    if res.returncode != 0:
+        return Outcome("runtime_error", err)
+    png = workdir / "image.png"
+    return Outcome("pass", image=png) if png.exists() else Outcome("no_image", err)
+
+
+def version():
+    return f"vl-convert-python {module_version('vl-convert-python')}"
