@@ -49,6 +49,9 @@ def test_prompt_per_language_fence_and_data_rules():
     assert "```asy\nreal[] t = {1, 2, 3};\n```" in asy
     assert "Data:" not in P.build_prompt(task("svg", data=None, style=""))
     assert "Style:" not in P.build_prompt(task("svg", data=None, style=""))
+    assert "Setup: LilyPond.\n" in P.build_prompt(task("lilypond", data=None, used_lib=["lilypond"])) + "\n"
+    assert "Setup: Vega-Lite.\n" in P.build_prompt(task("vegalite", used_lib=["vega-lite"]))
+    assert "Setup: Asymptote, using graph." in P.build_prompt(task("asymptote", data=None, used_lib=["asymptote", "graph"]))
 
 
 def test_system_message_is_optional():

@@ -126,8 +126,8 @@ def build_prompt(task):
              f"Task: {task.description.strip()}"]
     if task.style and task.style.strip():
         parts.append(f"Style: {task.style.strip()}")
-    libs = ", ".join(task.used_lib) if task.used_lib else None
-    parts.append(f"Setup: {NAME[lang]}" + (f", using {libs}." if libs else "."))
+    libs = [lib for lib in task.used_lib if canonical_language(lib, default=None) != lang]  # not "LilyPond, using lilypond"
+    parts.append(f"Setup: {NAME[lang]}" + (f", using {', '.join(libs)}." if libs else "."))
     if task.data and lang in CSV_LANGUAGES:
         desc = describe_csv(task.data)
         if len(desc) > MAX_DATA_CHARS:
