@@ -212,3 +212,9 @@ def test_html_and_svg_repairs():
     assert svg == '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><circle r="4"/></svg>'
     xml = '<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"><g/></svg>'
     assert P.extract_code("svg", f"```xml\n{xml}\n```") == xml
+
+
+def test_mermaid_prose_before_diagram_is_dropped():
+    assert P.extract_code("mermaid", "Here is the diagram:\n\nflowchart LR\n  A --> B\n") == "flowchart LR\n  A --> B"
+    fenced = "```mermaid\n%%{init: {'theme': 'forest'}}%%\ngraph TD\n  A --> B\n```"
+    assert P.extract_code("mermaid", fenced) == "%%{init: {'theme': 'forest'}}%%\ngraph TD\n  A --> B"

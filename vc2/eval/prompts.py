@@ -19,7 +19,8 @@ block and kept unknown info strings as code): we drop reasoning (`<think>...</th
 tagged for the language, then unlabeled ones, and take the *last* complete-looking block, since
 drafts come before the final answer. A few repairs are applied, each documented at its function:
 Vega-Lite JSON with comments/trailing commas/trailing prose, LaTeX without a preamble (wrapped in a
-standalone document), HTML fragments (wrapped in a page), SVG with prose around it or no xmlns.
+standalone document), HTML fragments (wrapped in a page), SVG with prose around it or no xmlns,
+Mermaid with prose before the diagram keyword.
 """
 import csv
 import io
@@ -260,8 +261,8 @@ def _blocks(text):
 
 _MERMAID_START = re.compile(
     r"^\s*(---|%%|graph|flowchart|sequenceDiagram|classDiagram|stateDiagram|erDiagram|gantt|pie|journey|gitGraph|"
-    r"mindmap|timeline|quadrantChart|xychart|sankey|requirementDiagram|C4|block|packet|architecture|kanban|"
-    r"radar|treemap|zenuml)", re.M)
+    r"mindmap|timeline|quadrantChart|xychart|sankey|requirementDiagram|C4\w*|block|packet|architecture|kanban|"
+    r"radar|treemap|zenuml)(?![\w])", re.M)
 _LOOKS_COMPLETE = {
     "python": lambda c: re.search(r"^\s*(import|from)\s+\w", c, re.M) is not None,
     "vegalite": lambda c: "{" in c and re.search(r'"(mark|layer|\$schema|hconcat|vconcat|concat|facet|repeat|spec)"', c) is not None,
@@ -432,7 +433,13 @@ def _repair_svg(code):
     return code
 
 
-_REPAIR = {"python": str, "vegalite": _repair_vegalite, "lilypond": str, "mermaid": str, "svg": _repair_svg,
+def _repair_mermaid(code):
+    """Drop prose lines before the diagram keyword (an unfenced answer that starts with 'Here is ...')."""
+    m = _MERMAID_START.search(code)
+    return code[m.start():].lstrip("\n") if m and code[:m.start()].strip() else code
+
+
+_REPAIR = {"python": str, "vegalite": _repair_vegalite, "lilypond": str, "mermaid": _repair_mermaid, "svg": _repair_svg,
            "latex": _repair_latex, "asymptote": str, "html": _repair_html}
 
 
