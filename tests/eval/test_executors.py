@@ -70,8 +70,27 @@ CASES = {
         "blank_image": '\\markup { " " }\n',
         "timeout": "#(let loop () (loop))\n",
     },
+    "html": {
+        "pass": '<html><head><script src="https://cdn.jsdelivr.net/npm/chart.js"></script></head><body>'
+                '<canvas id="c" width="400" height="300"></canvas><script>fetch("data.csv").then(r => r.text())'
+                '.then(t => { const rows = t.trim().split("\\n").slice(1).map(l => l.split(","));'
+                'new Chart(document.getElementById("c"), {type: "bar", data: {labels: rows.map(r => r[0]),'
+                'datasets: [{label: "value", data: rows.map(r => +r[1])}]}}); });</script></body></html>',
+        "syntax_error": "<html><body><h1>x</h1><script>let x = ;</script></body></html>",
+        "runtime_error": "<html><body><h1>x</h1><script>undefinedFunction();</script></body></html>",
+        "blank_image": "<html><body><div></div></body></html>",
+        "timeout": "<html><body><script>while (true) {}</script></body></html>",
+    },
+    "mermaid": {
+        "pass": "flowchart TD\n  A[Start] --> B{Is it?}\n  B -->|Yes| C[OK]\n  B -->|No| D[End]\n",
+        "syntax_error": "sequenceDiagram\n  Alice->>Bob: hi\n  end\n",
+        "runtime_error": "gantt\n  dateFormat YYYY-MM-DD\n  section A\n  Task :a1, 2024-13-45, 3d\n",  # parses, cannot draw
+        "blank_image": "flowchart TD\n",
+        "timeout": "flowchart TD\n  A --> B\n",
+    },
 }
-TIMEOUTS = {"python": 5, "svg": 0.5, "vegalite": 1, "latex": 5, "asymptote": 5, "lilypond": 8}  # budgets for the "timeout" case only
+TIMEOUTS = {"python": 5, "svg": 0.5, "vegalite": 1, "latex": 5, "asymptote": 5, "lilypond": 8, "html": 8,
+            "mermaid": 0.5}  # budgets for the "timeout" case only
 
 PARAMS = [(lang, want) for lang, cases in CASES.items() for want in cases]
 
@@ -140,6 +159,28 @@ def test_latex_xelatex_for_fontspec_and_csv_optional(tmp_path):
     doc = "\\documentclass{article}\n\\usepackage{fontspec}\n\\begin{document}\nGrüße \\LaTeX\n\\end{document}\n"
     out = executors.run("latex", doc, tmp_path / "a", data_csv=CSV)  # data.csv present, not used: still fine
     assert out.status == "pass" and out.detail["compiler"] == "xelatex", out.error
+
+
+def test_html_cdn_libraries_are_served_offline_by_major(tmp_path):
+    libs = ['https://cdn.jsdelivr.net/npm/vega@5', 'https://cdn.jsdelivr.net/npm/vega-lite@5',
+            'https://cdn.jsdelivr.net/npm/vega-embed@6', 'https://cdn.plot.ly/plotly-2.27.0.min.js',
+            'https://d3js.org/d3.v3.min.js', 'https://example.com/not-a-library.js']
+    page = ("<html><head>" + "".join(f'<script src="{u}"></script>' for u in libs) + "</head><body><div id='v'></div>"
+            "<script>vegaEmbed('#v', {data: {values: [{a: 'x', b: 2}, {a: 'y', b: 3}]}, mark: 'bar', encoding: "
+            "{x: {field: 'a'}, y: {field: 'b', type: 'quantitative'}}}); if (d3.version[0] !== '3') throw Error(d3.version);"
+            "</script></body></html>")
+    out = executors.run("html", page, tmp_path)
+    assert out.status == "pass", out.error
+    served = "\n".join(out.detail["served"])
+    for want in ("vega/5/", "vega-lite/5/", "vega-embed/6/", "plotly.js-dist-min/2/", "d3/3/"):
+        assert want in served
+    assert out.detail["blocked"] == ["https://example.com/not-a-library.js"]
+
+
+def test_unshare_mode_renders_too(tmp_path):
+    for lang in ("python", "html"):
+        out = executors.run(lang, CASES[lang]["pass"], tmp_path / lang, data_csv=CSV, sandbox="unshare")
+        assert out.status == "pass" and out.sandbox == "unshare", (lang, out.error)
 
 
 def test_describe_sandbox_names_mode_and_versions():

@@ -1,0 +1,127 @@
+"""Runs inside the sandbox: render page.html (html) or diagram.mmd (mermaid) in Debian's Chromium
+through Playwright, and screenshot it to image.png.
+
+usage: python -I browser_driver.py html|mermaid VENDOR_DIR
+Exit codes: 0 rendered, 3 syntax error (a JS SyntaxError / a Mermaid parse error), 1 other page
+errors, 4 the browser could not start (infrastructure). Details (served libraries, blocked URLs,
+console errors) go to _vc2_browser.json.
+HTML: the page is served as http://vc2.local/index.html, so fetch("data.csv") reads the work dir;
+script URLs of known chart libraries (any CDN) are answered from VENDOR_DIR, picking the vendored
+major nearest to the URL's; every other request is aborted. The JS clock is faked and run 5 s
+forward, so animations finish without sleeping.
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
+kind, vendor = sys.argv[1], Path(sys.argv[2])
+ORIGIN = "http://vc2.local/"
+ARGS = ["--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--hide-scrollbars", "--font-render-hinting=none",
+        # Chromium's own sandbox needs a user namespace of its own; we already are in a sandbox
+        "--no-sandbox"]
+LIBS = [  # (pattern on the URL, vendored package); first match wins, so vega-embed before vega
+    (r"vega-embed", "vega-embed"), (r"vega-lite", "vega-lite"), (r"(^|[/@])vega(@|/|\.min|\.js|$)", "vega"),
+    (r"chart\.js|/chart(\.umd)?(\.min)?\.js|/Chart(\.bundle)?(\.min)?\.js", "chart.js"),
+    (r"echarts", "echarts"), (r"plotly", "plotly.js-dist-min"), (r"apexcharts", "apexcharts"),
+    (r"mermaid", "mermaid"), (r"(^|/)d3(@|/|\.v\d|\.min|\.js)", "d3"),
+]
+info = {"served": [], "blocked": [], "console_errors": [], "page_errors": []}
+
+
+def vendored(url):
+    """Path of the vendored file for a library URL, or None. ES-module URLs are not served (UMD only)."""
+    path = url.split("?")[0]
+    if "+esm" in path or path.endswith(".mjs") or path.endswith(".css"):
+        return None
+    for pattern, pkg in LIBS:
+        if re.search(pattern, path, re.I):
+            majors = sorted(int(p.name) for p in (vendor / pkg).iterdir() if p.name.isdigit())
+            m = re.search(r"@\^?~?(\d+)|/(\d+)\.\d+[\d.]*/|\.v(\d+)|-(\d+)\.\d+", path)
+            want = int(next(g for g in m.groups() if g)) if m else majors[-1]
+            major = max([v for v in majors if v <= want], default=majors[0])
+            return next(f for f in (vendor / pkg / str(major)).iterdir() if f.name.endswith(".js"))
+    return None
+
+
+def route(r):
+    url = r.request.url
+    if url.startswith(ORIGIN):
+        name = url[len(ORIGIN):].split("?")[0] or "index.html"
+        if name == "index.html":
+            return r.fulfill(body=Path("page.html").read_bytes(), content_type="text/html; charset=utf-8")
+        f = Path(name)
+        if f.is_file() and f.resolve().parent == Path.cwd().resolve():
+            return r.fulfill(path=str(f))
+        return r.fulfill(status=404, body="not found")
+    if url.startswith("data:") or url.startswith("blob:"):
+        return r.continue_()
+    f = vendored(url)
+    if f:
+        info["served"].append(f"{url} -> {f.relative_to(vendor)}")
+        return r.fulfill(path=str(f), content_type="application/javascript")
+    info["blocked"].append(url)
+    return r.abort()
+
+
+def finish(code):
+    Path("_vc2_browser.json").write_text(json.dumps(info, indent=1))
+    sys.exit(code)
+
+
+with sync_playwright() as pw:
+    try:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    except PlaywrightError as e:
+        print(f"browser did not start: {e}", file=sys.stderr)
+        finish(4)
+    page = browser.new_page(viewport={"width": 800, "height": 600})
+    page.on("pageerror", lambda e: info["page_errors"].append(f"{e.name}: {e.message}"))
+    page.on("console", lambda m: m.type == "error" and info["console_errors"].append(m.text))
+    page.route("**/*", route)
+    if kind == "html":
+        page.clock.install()
+        page.goto(ORIGIN + "index.html", wait_until="load")
+        page.wait_for_load_state("networkidle")  # fetch("data.csv") and friends
+        page.clock.run_for(5000)                  # animations, setTimeout-driven drawing
+        # Work that real browser events start late (ResizeObserver -> Chart.js redraw on a faked
+        # requestAnimationFrame) would wait forever on a paused clock, and comes later on a loaded
+        # machine: let the clock tick in real time and fast-forward until two screenshots agree.
+        page.clock.resume()
+        shot = None
+        for _ in range(12):
+            page.wait_for_timeout(200)
+            page.clock.run_for(2000)
+            prev, shot = shot, page.screenshot(full_page=True)
+            if shot == prev:
+                break
+        for err in info["page_errors"]:
+            print(err, file=sys.stderr)
+        if info["page_errors"]:
+            finish(3 if info["page_errors"][0].startswith("SyntaxError") else 1)
+        Path("image.png").write_bytes(shot)
+    else:
+        page.set_content('<html><body style="margin:0;background:white"><div id="out" style="display:inline-block;padding:8px"></div></body></html>')
+        page.add_script_tag(path=str(vendored("mermaid@11")))
+        res = page.evaluate("""async (src) => {
+            mermaid.initialize({startOnLoad: false, securityLevel: "strict"});
+            try { await mermaid.parse(src); } catch (e) { return {kind: "syntax", msg: String(e.message || e)}; }
+            try {
+                const {svg} = await mermaid.render("vc2", src);
+                const out = document.getElementById("out");
+                out.innerHTML = svg;
+                const el = out.querySelector("svg"), vb = el.viewBox.baseVal;  // useMaxWidth shrinks it otherwise
+                if (vb && vb.width) { el.style.maxWidth = "none"; el.setAttribute("width", vb.width); el.setAttribute("height", vb.height); }
+                return {kind: "ok"};
+            } catch (e) { return {kind: "runtime", msg: String(e.message || e)}; }
+        }""", Path("diagram.mmd").read_text(encoding="utf-8"))
+        if res["kind"] != "ok":
+            print(res["msg"], file=sys.stderr)
+            finish(3 if res["kind"] == "syntax" else 1)
+        page.locator("#out").screenshot(path="image.png")
+    browser.close()
+finish(0)
