@@ -251,8 +251,13 @@ def test_every_program_runs_and_every_buggy_attempt_fails():
             jobs.append((r["uuid"], "buggy", lang, extract(lang, msgs[1]["content"]), False))
     if any(j[2] == "typescript" for j in jobs):
         _ts_toolchain()  # install once, before the threads race for it
-    with ThreadPoolExecutor(max_workers=max(2, min(8, 2 * (os.cpu_count() or 1)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2))) as pool:
         results = list(pool.map(lambda j: execute(j[2], j[3]), jobs))
+    # A render that hit its time limit while the pool kept every core busy gets one serial retry; any other
+    # failure (and a second timeout) stands.
+    for k, ((_, _, lang, code, should), (ok, detail)) in enumerate(zip(jobs, results)):
+        if should and not ok and (detail == "timeout" or detail.startswith("exit 124")):
+            results[k] = execute(lang, code)
     wrong = [f"{uuid} ({which}, {lang}): {'failed' if should else 'unexpectedly passed'}: {detail}"
              for (uuid, which, lang, _, should), (ok, detail) in zip(jobs, results) if ok != should]
     assert not wrong, f"{len(wrong)} of {len(jobs)} programs misbehaved:\n" + "\n".join(wrong)
