@@ -22,11 +22,12 @@ setup(
     extras_require={
         # transformers is a test-only *reference*: vc2 never imports it at run time.
         "test": ["pytest>=8", "transformers==5.24.0", "jinja2", "gguf==0.19.0",
-                 "accelerate==1.15.0"],  # transformers' own GGUF loader (the reference) needs accelerate
+                 "accelerate==1.15.0",  # transformers' own GGUF loader (the converter's reference) needs it
+                 "pyarrow==26.0.1"],    # parquet task/data files are tested too
         # GPU only; has no wheels and needs a CUDA torch already installed (README).
         "gpu": ["flash-attn>=2.6; sys_platform == 'linux'"],
         # the embedded SmolLM2 demo model is converted from a GGUF file
         "demo": ["gguf==0.19.0"],
-        "data": ["pyarrow"],
+        "data": ["pyarrow>=14"],
     },
 )
