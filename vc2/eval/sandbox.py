@@ -35,7 +35,7 @@ What this does NOT protect against (read before trusting it):
 - started as a non-root user, no uid is dropped: the code runs as you (bwrap/unshare still hide
   /root, /home and /tmp; plain hides nothing);
 - RLIMIT_NPROC is per uid across the whole machine, so parallel runs share it.
-Measured overhead per run on a 2-core Debian 12 box (python -c pass): plain ~25 ms, bwrap ~35 ms.
+Measured wall time of /bin/true per run on the 2-core dev box: plain 8 ms, bwrap 17 ms, unshare 66 ms.
 """
 import os
 import pwd

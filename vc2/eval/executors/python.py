@@ -2,8 +2,8 @@
 
 py_driver.py compiles it first (syntax_error), runs it with MPLBACKEND=Agg and data.csv in the cwd,
 then saves every figure still open. An image the code saved itself (savefig + close, common in model
-answers and a failure in the original harness) counts too. Measured here (2 cores, bwrap): about
-0.9 s for a matplotlib bar chart, 1.3 s seaborn, 4 s plotly via kaleido's Chromium.
+answers and a failure in the original harness) counts too. Measured here (2 cores, bwrap): median
+0.87 s for a matplotlib bar chart, about 1.5 s seaborn, 4-5 s plotly via kaleido's Chromium.
 Limit: no warm worker; the font cache is pre-seeded so matplotlib does not rebuild it each run.
 """
 import shutil

@@ -2,7 +2,7 @@
 
 Invalid JSON is a syntax_error; a spec vl-convert rejects, or data it cannot load, a runtime_error
 (unfetchable URL data otherwise renders as empty axes with no error). data.csv is inlined by
-vl_driver.py. Fixed scale 2 (the original harness drew it at random). Measured here: about 1.1 s,
+vl_driver.py. Fixed scale 2 (the original harness drew it at random). Measured here: median 0.47 s,
 most of it interpreter + V8 start-up. Limit: no warm worker.
 """
 import sys
