@@ -187,3 +187,16 @@ def test_describe_sandbox_names_mode_and_versions():
     d = executors.describe_sandbox()
     assert d["sandbox"] == "bwrap"
     assert set(executors.LANGUAGES) <= set(d) and "matplotlib" in d["python"]
+
+
+@pytest.mark.parametrize("page,want", [
+    # a model's JavaScript dumped into <body> renders as text: not a chart
+    ("<html><body>import { Chart } from 'chart.js';\nconst c = new Chart(ctx, {type: 'bar'});</body></html>", "no_image"),
+    ("const data = [1, 2, 3];\nfunction draw() { return data.map(x => x * 2); }", "no_image"),
+    # a chart drawn with plain coloured boxes is a chart
+    ("<html><body><div style='width:40px;height:120px;background:#4a7'></div>"
+     "<div style='width:40px;height:60px;background:#a47'></div></body></html>", "pass"),
+])
+def test_html_text_only_page_is_not_a_chart(tmp_path, page, want):
+    out = executors.run("html", page, tmp_path)
+    assert out.status == want, (out.status, out.error)

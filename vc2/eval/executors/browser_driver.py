@@ -103,6 +103,26 @@ with sync_playwright() as pw:
             print(err, file=sys.stderr)
         if info["page_errors"]:
             finish(3 if info["page_errors"][0].startswith("SyntaxError") else 1)
+        # A page of text is not a chart: a 135M model's JavaScript pasted into <body> renders as
+        # readable text, which the blank check would call a picture. Require something drawn: a
+        # canvas, an svg with content, a loaded image, or a box with a colour, image or border.
+        drawn = page.evaluate("""() => {
+            const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
+            for (const e of document.querySelectorAll("canvas, img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
+            for (const e of document.querySelectorAll("svg")) if (big(e) && e.querySelector("path, rect, circle, line, polyline, polygon, ellipse, text")) return "SVG";
+            for (const e of document.body.querySelectorAll("*")) {
+                const s = getComputedStyle(e);
+                const painted = (s.backgroundColor !== "rgba(0, 0, 0, 0)" && s.backgroundColor !== "transparent")
+                    || s.backgroundImage !== "none" || parseFloat(s.borderTopWidth) + parseFloat(s.borderLeftWidth) > 0;
+                if (painted && big(e)) return e.tagName;
+            }
+            return null;
+        }""")
+        info["drawn"] = drawn
+        if not drawn:
+            print("the page shows only text: no canvas, svg, image or coloured/bordered box was drawn", file=sys.stderr)
+            Path("image.png").write_bytes(shot)
+            finish(5)
         Path("image.png").write_bytes(shot)
     else:
         page.set_content('<html><body style="margin:0;background:white"><div id="out" style="display:inline-block;padding:8px"></div></body></html>')

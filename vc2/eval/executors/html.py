@@ -5,7 +5,9 @@ Offline by design: CDN script URLs of the vendored libraries (vc2/eval/assets/ve
 answered locally, the page can fetch("data.csv"), everything else is aborted and listed in
 detail["blocked"]. A JS SyntaxError is a syntax_error, any other uncaught page error a runtime_error;
 console errors alone are only reported (VisPlotBench failed on them, and on every failed request).
-A page that needed a blocked library usually comes out blank -> blank_image. The animation clock is
+A page that needed a blocked library usually comes out blank -> blank_image; a page that shows only
+text (no canvas, svg, image or painted box) is no_image: a model's JavaScript pasted into <body>
+renders as text, and must not count as a chart. The animation clock is
 faked and run forward (5 s, then 2 s steps until two screenshots agree) instead of sleeping 5 s. Measured here: median 2.2 s per page, nearly all
 of it browser start-up. Limits: no warm browser; ES-module imports (`d3@7/+esm`) are not served;
 web fonts, map tiles and the Google Charts loader cannot work offline.
@@ -13,6 +15,7 @@ web fonts, map tiles and the Google Charts loader cannot work offline.
 import json
 import sys
 
+from vc2.eval import images
 from vc2.eval.executors.common import HERE, Outcome, execute, module_version, tool_version, trim
 
 TOOLS = ["chromium"]
@@ -34,6 +37,12 @@ def browser_render(kind, workdir, mode, timeout_s):
         return Outcome("infra_error", err, detail=detail)
     if res.returncode == 3:
         return Outcome("syntax_error", err, detail=detail)
+    if res.returncode == 5:  # the page rendered, but only text (or nothing at all): no chart was drawn
+        png = workdir / "image.png"
+        why = png.exists() and images.blank_reason(png)
+        if why:
+            return Outcome("blank_image", f"the image is blank: {why}", image=png, detail=detail)
+        return Outcome("no_image", err, detail=detail)
     if res.returncode != 0:
         return Outcome("runtime_error", err, detail=detail)
     png = workdir / "image.png"
