@@ -105,16 +105,21 @@ with sync_playwright() as pw:
             finish(3 if info["page_errors"][0].startswith("SyntaxError") else 1)
         # A page of text is not a chart: a 135M model's JavaScript pasted into <body> renders as
         # readable text, which the blank check would call a picture. Require something drawn: a
-        # canvas, an svg with content, a loaded image, or a box with a colour, image or border.
+        # canvas, an svg with content, a loaded image, or a box with a (non-white) colour, image or border.
         drawn = page.evaluate("""() => {
             const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
             for (const e of document.querySelectorAll("canvas, img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
             for (const e of document.querySelectorAll("svg")) if (big(e) && e.querySelector("path, rect, circle, line, polyline, polygon, ellipse, text")) return "SVG";
+            const painted = s => !["rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"].includes(s.backgroundColor)
+                || s.backgroundImage !== "none" || s.boxShadow !== "none"
+                || parseFloat(s.borderTopWidth) + parseFloat(s.borderLeftWidth) > 0;
             for (const e of document.body.querySelectorAll("*")) {
-                const s = getComputedStyle(e);
-                const painted = (s.backgroundColor !== "rgba(0, 0, 0, 0)" && s.backgroundColor !== "transparent")
-                    || s.backgroundImage !== "none" || parseFloat(s.borderTopWidth) + parseFloat(s.borderLeftWidth) > 0;
-                if (painted && big(e)) return e.tagName;
+                if (!big(e)) continue;
+                if (painted(getComputedStyle(e))) return e.tagName;
+                for (const pseudo of ["::before", "::after"]) {  // CSS-drawn dots and lines
+                    const s = getComputedStyle(e, pseudo);
+                    if (s.content !== "none" && painted(s)) return e.tagName + pseudo;
+                }
             }
             return null;
         }""")
