@@ -193,6 +193,7 @@ def test_describe_sandbox_names_mode_and_versions():
     # a model's JavaScript dumped into <body> renders as text: not a chart
     ("<html><body>import { Chart } from 'chart.js';\nconst c = new Chart(ctx, {type: 'bar'});</body></html>", "no_image"),
     ("const data = [1, 2, 3];\nfunction draw() { return data.map(x => x * 2); }", "no_image"),
+    ("<html><body><p>Sales chart</p><canvas width='300' height='150'></canvas></body></html>", "no_image"),  # empty canvas
     # a chart drawn with plain coloured boxes is a chart
     ("<html><body><div style='width:40px;height:120px;background:#4a7'></div>"
      "<div style='width:40px;height:60px;background:#a47'></div></body></html>", "pass"),

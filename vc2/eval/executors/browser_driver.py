@@ -108,7 +108,14 @@ with sync_playwright() as pw:
         # canvas, an svg with content, a loaded image, or a box with a (non-white) colour, image or border.
         drawn = page.evaluate("""() => {
             const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
-            for (const e of document.querySelectorAll("canvas, img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
+            const inked = c => {  // an empty <canvas> is not a chart; WebGL or tainted canvases are assumed drawn
+                let ctx; try { ctx = c.getContext("2d"); } catch (err) { return true; }
+                if (!ctx) return true;
+                try { const d = ctx.getImageData(0, 0, c.width, c.height).data;
+                      for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; } catch (err) { return true; }
+            };
+            for (const e of document.querySelectorAll("canvas")) if (big(e) && e.width && e.height && inked(e)) return "CANVAS";
+            for (const e of document.querySelectorAll("img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
             for (const e of document.querySelectorAll("svg")) if (big(e) && e.querySelector("path, rect, circle, line, polyline, polygon, ellipse, text")) return "SVG";
             const painted = s => !["rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"].includes(s.backgroundColor)
                 || s.backgroundImage !== "none" || s.boxShadow !== "none"
