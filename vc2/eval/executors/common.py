@@ -26,6 +26,15 @@ class Outcome:
         assert self.status in STATUSES, self.status
 
 
+def driver_failure(res, detail=None):
+    """Our driver scripts (py_driver, vl_driver, browser_driver) exit 3 for a syntax error and with any
+    other non-zero code for a runtime error. Returns that failure as an Outcome, or None on success."""
+    if res.returncode == 0:
+        return None
+    status = "syntax_error" if res.returncode == 3 else "runtime_error"
+    return Outcome(status, trim(res.stderr), detail=detail or {})
+
+
 def trim(text, limit=3000):
     """Keep the end of long tool output (the error is almost always last), drop ANSI codes."""
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text or "").strip()

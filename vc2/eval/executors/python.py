@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vc2.eval.executors.common import HERE, Outcome, execute, module_version, trim
+from vc2.eval.executors.common import driver_failure, HERE, Outcome, execute, module_version, trim
 
 TOOLS = []
 MODULES = ["matplotlib"]   # seaborn/plotly/pandas are optional: importing a missing one is the code's error
@@ -41,11 +41,10 @@ def render(code, workdir, mode, timeout_s):
     shutil.rmtree(mpl, ignore_errors=True)
     if out:
         return out
+    failed = driver_failure(res)
+    if failed:
+        return failed
     err = trim(res.stderr)
-    if res.returncode == 3:
-        return Outcome("syntax_error", err)
-    if res.returncode != 0:
-        return Outcome("runtime_error", err)
     made = sorted(workdir.glob("_vc2_fig*.png")) + sorted(workdir.glob("_vc2_plotly*.png"))
     saved = sorted(p for p in workdir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
                    and p.name not in before and not p.name.startswith("_vc2_"))

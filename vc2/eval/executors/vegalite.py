@@ -7,7 +7,7 @@ most of it interpreter + V8 start-up. Limit: no warm worker.
 """
 import sys
 
-from vc2.eval.executors.common import HERE, Outcome, execute, module_version, trim
+from vc2.eval.executors.common import driver_failure, HERE, Outcome, execute, module_version, trim
 
 TOOLS = []
 MODULES = ["vl_convert"]
@@ -20,11 +20,10 @@ def render(code, workdir, mode, timeout_s):
     res, out = execute([sys.executable, "-I", HERE / "vl_driver.py"], workdir, mode, timeout_s, mem_mb=4096)
     if out:
         return out
+    failed = driver_failure(res)
+    if failed:
+        return failed
     err = trim(res.stderr)
-    if res.returncode == 3:
-        return Outcome("syntax_error", err)
-    if res.returncode != 0:
-        return Outcome("runtime_error", err)
     png = workdir / "image.png"
     return Outcome("pass", image=png) if png.exists() else Outcome("no_image", err)
 
