@@ -82,8 +82,10 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
       * packed row (B=1, cu_seqlens): causal inside each document, nothing across documents.
       * explicit boolean attn_mask (B, 1, T, S), True = may attend: the KV-cache / left-padding path.
     `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA; on CPU
-    "sdpa_loop" (one SDPA call per document), which measured faster than one SDPA call with a
-    (N, N) block-diagonal mask ("sdpa_mask") on this 2-core CPU (bench/bench_attention.py).
+    "sdpa_loop" (one SDPA call per document). On the 2-core CPU (bench/bench_attention.py, 2048 tokens,
+    5 documents) it is ~2x faster than one SDPA call with an (N, N) block-diagonal mask ("sdpa_mask") in
+    the forward pass; forward+backward was a tie in bf16 and the mask was faster (0.73x) in fp32, so a
+    CPU training run may prefer set_attention_backend("sdpa_mask").
     """
     B, T, H, hd = q.shape
     K = k.shape[2]
