@@ -77,7 +77,13 @@ def _iter_file(path: Path):
                 row["messages"] = json.loads(row["messages"])
             yield i + 1, row
         return
-    with open(path) as f:
+    yield from read_jsonl(path)
+
+
+def read_jsonl(path):
+    """(line_number, row) for each non-empty line; a line that is not JSON yields its JSONDecodeError
+    instead, so each caller picks its policy (training data skips it, task files refuse it)."""
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

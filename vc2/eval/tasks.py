@@ -178,14 +178,11 @@ def _language_of(path: Path, row):
 def _read_rows(path: Path):
     """Yield (line_or_row_number, row) from a .jsonl or .parquet file."""
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield n, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        from vc2.data import read_jsonl
+        for n, row in read_jsonl(path):
+            if isinstance(row, json.JSONDecodeError):
+                raise ValueError(f"{path}:{n}: not valid JSON ({row.msg} at column {row.colno})")
+            yield n, row
     elif path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq

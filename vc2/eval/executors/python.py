@@ -39,9 +39,7 @@ def render(code, workdir, mode, timeout_s):
     res, out = execute([sys.executable, "-I", HERE / "py_driver.py"], workdir, mode, timeout_s,
                        env={"BROWSER_PATH": "/usr/bin/chromium"}, mem_mb=4096)
     shutil.rmtree(mpl, ignore_errors=True)
-    if out:
-        return out
-    failed = driver_failure(res)
+    failed = out or driver_failure(res)  # the sandbox's own verdict (timeout, infra), else the driver's exit code
     if failed:
         return failed
     err = trim(res.stderr)

@@ -18,9 +18,7 @@ def render(code, workdir, mode, timeout_s):
     (workdir / "spec.json").write_text(code, encoding="utf-8")
     # RLIMIT_DATA, not AS: V8's pointer cage reserves far more address space than it uses
     res, out = execute([sys.executable, "-I", HERE / "vl_driver.py"], workdir, mode, timeout_s, mem_mb=4096)
-    if out:
-        return out
-    failed = driver_failure(res)
+    failed = out or driver_failure(res)  # the sandbox's own verdict (timeout, infra), else the driver's exit code
     if failed:
         return failed
     err = trim(res.stderr)
