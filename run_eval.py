@@ -28,6 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel executions (default: cores = %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="tasks generated together in one batched decode (default: %(default)s)")
     p.add_argument("--sandbox", default="auto", help="auto, docker, podman, bwrap, unshare or plain (default: %(default)s)")
+    p.add_argument("--no-warm", action="store_true",
+                   help="start a fresh renderer process for every execution instead of reusing warm servers "
+                        "(Python, Vega-Lite, LilyPond, HTML, Mermaid; vc2/eval/warm.py); same verdicts, slower")
     p.add_argument("--timeout", type=float, default=None, help="seconds per execution (default: per-language limits)")
     p.add_argument("--out", default=None, help="output directory (default: runs/eval-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, redoing nothing already recorded")
@@ -106,7 +109,7 @@ def main(argv=None):
           f"sandbox: {mode}, out: {out}", file=sys.stderr)
     try:
         summary = runner.evaluate(tasks, source, out, rounds=args.rounds, workers=args.workers, sandbox=args.sandbox,
-                                  resume=args.resume, seed=args.seed, timeout_s=args.timeout)
+                                  resume=args.resume, seed=args.seed, timeout_s=args.timeout, warm=not args.no_warm)
     except ValueError as e:
         p.error(str(e))
     print(open(os.path.join(out, "report.md")).read())

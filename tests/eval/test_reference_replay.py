@@ -26,3 +26,5 @@ def test_reference_solutions_all_pass(tmp_path):
     for lang, v in summary["languages"].items():
         assert v["scored"] >= 12 and v["pass_rate_by_round"][0] == 100.0, lang
     assert summary["meta"]["sandbox"] in ("docker", "podman", "bwrap", "unshare", "plain")
+    warm = summary["meta"]["warm_workers"]  # on by default: 65 of the 104 tasks have a warm server
+    assert warm["warm"] >= 65 and warm["cold"] == 0 and not warm["failed"], warm

@@ -25,7 +25,7 @@ class FakeExecutor:
     def __init__(self, fail_after=None):
         self.calls, self.lock, self.fail_after = [], threading.Lock(), fail_after
 
-    def __call__(self, language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None):
+    def __call__(self, language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, warm=None):
         with self.lock:
             if self.fail_after is not None and len(self.calls) >= self.fail_after:
                 raise KeyboardInterrupt("simulated kill")
@@ -132,3 +132,11 @@ def test_fixed_answers_and_responses_file(tmp_path, fake_exec):
     bad.write_text('{"id": "x"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: a response row needs"):
         runner.load_responses(bad)
+
+
+def test_interleave_round_robins_languages_keeping_their_order():
+    tasks = [SimpleNamespace(language=lang, id=f"{lang}_{i}") for lang, n in (("python", 3), ("svg", 1), ("html", 2))
+             for i in range(n)]
+    order = [t.id for t in runner.interleave(tasks)]
+    assert order == ["python_0", "svg_0", "html_0", "python_1", "html_1", "python_2"]
+    assert runner.interleave([]) == []

@@ -12,7 +12,8 @@ Every attempt is appended to OUT/results.jsonl as soon as it has run, so a kille
 --resume and redoes nothing already recorded: the conversation of a task is rebuilt from its rows.
 Generation is batched across tasks (--batch-size) and executions run in a thread pool (--workers)
 while the next batch is being generated; the executors start their own sandboxed processes, so
-threads are enough here.
+threads are enough here. Renders go to warm servers (vc2/eval/warm.py) unless warm=False, and the
+tasks of a round are interleaved by language, so that parallel workers mostly need different servers.
 """
 import json
 import shutil
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from vc2.eval import executors, prompts
 from vc2.eval.report import write_reports
+from vc2.eval.warm import WarmPool
 
 INFRA = "infra_error"
 
@@ -109,9 +111,19 @@ def conversation_of(task, rows_by_round):
     return messages
 
 
+def interleave(tasks):
+    """Round-robin over languages, keeping each language's order: python_1, svg_1, ..., python_2, ..."""
+    by_lang = {}
+    for t in tasks:
+        by_lang.setdefault(t.language, []).append(t)
+    queues = list(by_lang.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
 # ---------------------------------------------------------------------------------------------------
 
-def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume=False, seed=0, timeout_s=None):
+def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume=False, seed=0, timeout_s=None,
+             warm=True):
     """Run the benchmark; returns the summary dict (also written to OUT/summary.json)."""
     out_dir = Path(out_dir)
     results_path = out_dir / "results.jsonl"
@@ -122,13 +134,22 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
     if done:
         print(f"resuming: {len(done)} attempts already in {results_path}")
     lock = threading.Lock()
+    warm_pool = None
+    if warm:
+        try:
+            warm_pool = WarmPool(sandbox)
+        except ValueError:  # no sandbox mode works: every execution reports that as an infra error
+            warm_pool = None
+        if warm_pool and warm_pool.why_cold:
+            print(f"warm workers off: {warm_pool.why_cold}")
     results_file = open(results_path, "a")
 
     def run_one(task, rnd, answer, gen_s):
         code = prompts.extract_code(task.language, answer)
         with tempfile.TemporaryDirectory(prefix="vc2-") as tmp:
             t0 = time.perf_counter()
-            outcome = executors.run(task.language, code, Path(tmp), data_csv=task.data_csv, sandbox=sandbox, timeout_s=timeout_s)
+            outcome = executors.run(task.language, code, Path(tmp), data_csv=task.data_csv, sandbox=sandbox,
+                                    timeout_s=timeout_s, warm=warm_pool)
             exec_s = time.perf_counter() - t0
             image = None
             if outcome.image is not None and Path(outcome.image).is_file():
@@ -150,7 +171,7 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             for rnd in range(rounds + 1):
                 # tasks that need an attempt this round: never tried (round 0), or whose last attempt failed
                 todo = []
-                for task in tasks:
+                for task in interleave(tasks):
                     key = task_key(task)
                     if (key, rnd) in done:
                         continue
@@ -185,6 +206,12 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 bar.close()
     finally:
         results_file.close()
+        if warm_pool:
+            warm_pool.close()
     environment = executors.describe_sandbox(sandbox)  # the sandbox mode and every renderer's version
+    if warm_pool and warm_pool.stats["failed"]:
+        print(f"warm workers: {len(warm_pool.stats['failed'])} server failure(s), those tasks ran cold; first: "
+              f"{warm_pool.stats['failed'][0][:300]}")
     return write_reports(tasks, read_results(results_path), out_dir, rounds, meta={
-        "source": source.name, "rounds": rounds, "sandbox": environment.pop("sandbox"), "environment": environment})
+        "source": source.name, "rounds": rounds, "sandbox": environment.pop("sandbox"), "environment": environment,
+        "warm_workers": warm_pool.stats if warm_pool else "off"})

@@ -7,7 +7,8 @@
     python -m vc2.eval.executors       # sandbox mode and renderer versions on this machine
 
 Each language module has TOOLS (executables), MODULES (Python packages the host needs), TIMEOUT_S and
-render(code, workdir, mode, timeout_s) -> Outcome. This file adds what is common: the tool check (a
+render(code, workdir, mode, timeout_s) -> Outcome (plus a `warm` argument where WARM = True).
+This file adds what is common: the tool check (a
 missing tool is infra_error with the install hint, never the model's failure), data.csv, the sandbox
 mode, the wall time and the blank check for every language. The code is always written to a file,
 never pasted into a string literal (the original harness corrupted backslashes that way).
@@ -31,8 +32,11 @@ def missing_tools(language):
            [m for m in mod.MODULES if importlib.util.find_spec(m) is None]
 
 
-def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None):
+def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, warm=None):
     """Render `code` in `workdir` (created if needed; outputs land there). See the module docstring.
+
+    warm: a vc2.eval.warm.WarmPool; the languages with a warm server (WARM = True in their module:
+    python, vegalite, lilypond, html, mermaid) then render in one, the others as always.
 
     ValueError: unknown language, or an explicitly requested sandbox mode that cannot run here.
     With sandbox="auto" and no usable mode at all, the outcome is infra_error instead.
@@ -54,7 +58,8 @@ def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None):
     if data_csv is not None:
         (workdir / "data.csv").write_text(data_csv)
     t0 = time.monotonic()
-    out = mod.render(code, workdir, mode, float(timeout_s or mod.TIMEOUT_S))
+    extra = {"warm": warm} if warm is not None and getattr(mod, "WARM", False) else {}
+    out = mod.render(code, workdir, mode, float(timeout_s or mod.TIMEOUT_S), **extra)
     out.wall_s, out.sandbox = time.monotonic() - t0, mode
     if out.status == "pass":
         assert out.image is not None and out.image.exists(), (language, out)

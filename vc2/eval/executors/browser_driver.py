@@ -1,14 +1,17 @@
 """Runs inside the sandbox: render page.html (html) or diagram.mmd (mermaid) in Debian's Chromium
 through Playwright, and screenshot it to image.png.
 
-usage: python -I browser_driver.py html|mermaid VENDOR_DIR
+    python -I browser_driver.py html|mermaid VENDOR_DIR   # cold: a browser start-up per task
+    render(browser, kind, vendor)                         # warm: warm_server.py's kept browser
+
 Exit codes: 0 rendered, 3 syntax error (a JS SyntaxError / a Mermaid parse error), 1 other page
 errors, 4 the browser could not start (infrastructure). Details (served libraries, blocked URLs,
 console errors) go to _vc2_browser.json.
 HTML: the page is served as http://vc2.local/index.html, so fetch("data.csv") reads the work dir;
 script URLs of known chart libraries (any CDN) are answered from VENDOR_DIR, picking the vendored
 major nearest to the URL's; every other request is aborted. The JS clock is faked and run 5 s
-forward, so animations finish without sleeping.
+forward, so animations finish without sleeping. Each render gets a new browser context (own
+cookies, storage, cache), closed afterwards.
 """
 import json
 import re
@@ -18,7 +21,6 @@ from pathlib import Path
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
-kind, vendor = sys.argv[1], Path(sys.argv[2])
 ORIGIN = "http://vc2.local/"
 ARGS = ["--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--hide-scrollbars", "--font-render-hinting=none",
@@ -30,10 +32,9 @@ LIBS = [  # (pattern on the URL, vendored package); first match wins, so vega-em
     (r"echarts", "echarts"), (r"plotly", "plotly.js-dist-min"), (r"apexcharts", "apexcharts"),
     (r"mermaid", "mermaid"), (r"(^|/)d3(@|/|\.v\d|\.min|\.js)", "d3"),
 ]
-info = {"served": [], "blocked": [], "console_errors": [], "page_errors": []}
 
 
-def vendored(url):
+def vendored(url, vendor):
     """Path of the vendored file for a library URL, or None. ES-module URLs are not served (UMD only)."""
     path = url.split("?")[0]
     if "+esm" in path or path.endswith(".mjs") or path.endswith(".css"):
@@ -48,112 +49,170 @@ def vendored(url):
     return None
 
 
-def route(r):
-    url = r.request.url
-    if url.startswith(ORIGIN):
-        name = url[len(ORIGIN):].split("?")[0] or "index.html"
-        if name == "index.html":
-            return r.fulfill(body=Path("page.html").read_bytes(), content_type="text/html; charset=utf-8")
-        f = Path(name)
-        if f.is_file() and f.resolve().parent == Path.cwd().resolve():
-            return r.fulfill(path=str(f))
-        return r.fulfill(status=404, body="not found")
-    if url.startswith("data:") or url.startswith("blob:"):
-        return r.continue_()
-    f = vendored(url)
-    if f:
-        info["served"].append(f"{url} -> {f.relative_to(vendor)}")
-        return r.fulfill(path=str(f), content_type="application/javascript")
-    info["blocked"].append(url)
-    return r.abort()
+DRAWN_JS = """() => {
+    const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
+    const inked = c => {  // an empty <canvas> is not a chart; WebGL or tainted canvases are assumed drawn
+        let ctx; try { ctx = c.getContext("2d"); } catch (err) { return true; }
+        if (!ctx) return true;
+        try { const d = ctx.getImageData(0, 0, c.width, c.height).data;
+              for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; } catch (err) { return true; }
+    };
+    for (const e of document.querySelectorAll("canvas")) if (big(e) && e.width && e.height && inked(e)) return "CANVAS";
+    for (const e of document.querySelectorAll("img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
+    for (const e of document.querySelectorAll("svg")) if (big(e) && e.querySelector("path, rect, circle, line, polyline, polygon, ellipse, text")) return "SVG";
+    const painted = s => !["rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"].includes(s.backgroundColor)
+        || s.backgroundImage !== "none" || s.boxShadow !== "none"
+        || parseFloat(s.borderTopWidth) + parseFloat(s.borderLeftWidth) > 0;
+    for (const e of document.body.querySelectorAll("*")) {
+        if (!big(e)) continue;
+        if (painted(getComputedStyle(e))) return e.tagName;
+        for (const pseudo of ["::before", "::after"]) {  // CSS-drawn dots and lines
+            const s = getComputedStyle(e, pseudo);
+            if (s.content !== "none" && painted(s)) return e.tagName + pseudo;
+        }
+    }
+    return null;
+}"""
+
+MERMAID_JS = """async (src) => {
+    mermaid.initialize({startOnLoad: false, securityLevel: "strict"});
+    try { await mermaid.parse(src); } catch (e) { return {kind: "syntax", msg: String(e.message || e)}; }
+    try {
+        const {svg} = await mermaid.render("vc2", src);
+        const out = document.getElementById("out");
+        out.innerHTML = svg;
+        const el = out.querySelector("svg"), vb = el.viewBox.baseVal;  // useMaxWidth shrinks it otherwise
+        if (vb && vb.width) { el.style.maxWidth = "none"; el.setAttribute("width", vb.width); el.setAttribute("height", vb.height); }
+        return {kind: "ok"};
+    } catch (e) { return {kind: "runtime", msg: String(e.message || e)}; }
+}"""
 
 
-def finish(code):
-    Path("_vc2_browser.json").write_text(json.dumps(info, indent=1))
-    sys.exit(code)
+def render(browser, kind, vendor, mermaid_page=None):
+    """Render the task in the current directory with `browser`; returns the exit code (see above).
+    mermaid_page: a kept page from new_mermaid_page() (warm), else one is made for this diagram."""
+    if kind == "mermaid":
+        page = mermaid_page or new_mermaid_page(browser, vendor)
+        try:
+            return render_mermaid(page)
+        finally:
+            if mermaid_page is None:
+                page.context.close()
+    info = {"served": [], "blocked": [], "console_errors": [], "page_errors": []}
+    inflight = set()
 
+    def route(r):
+        url = r.request.url
+        if url.startswith(ORIGIN):
+            name = url[len(ORIGIN):].split("?")[0] or "index.html"
+            if name == "index.html":
+                return r.fulfill(body=Path("page.html").read_bytes(), content_type="text/html; charset=utf-8")
+            f = Path(name)
+            if f.is_file() and f.resolve().parent == Path.cwd().resolve():
+                return r.fulfill(path=str(f.resolve()))
+            return r.fulfill(status=404, body="not found")
+        if url.startswith("data:") or url.startswith("blob:"):
+            return r.continue_()
+        f = vendored(url, vendor)
+        if f:
+            info["served"].append(f"{url} -> {f.relative_to(vendor)}")
+            return r.fulfill(path=str(f), content_type="application/javascript")
+        info["blocked"].append(url)
+        return r.abort()
 
-with sync_playwright() as pw:
+    context = browser.new_context(viewport={"width": 800, "height": 600})
     try:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-    except PlaywrightError as e:
-        print(f"browser did not start: {e}", file=sys.stderr)
-        finish(4)
-    page = browser.new_page(viewport={"width": 800, "height": 600})
-    page.on("pageerror", lambda e: info["page_errors"].append(f"{e.name}: {e.message}"))
-    page.on("console", lambda m: m.type == "error" and info["console_errors"].append(m.text))
-    page.route("**/*", route)
-    if kind == "html":
-        page.clock.install()
-        page.goto(ORIGIN + "index.html", wait_until="load")
-        page.wait_for_load_state("networkidle")  # fetch("data.csv") and friends
-        page.clock.run_for(5000)                  # animations, setTimeout-driven drawing
-        # Work that real browser events start late (ResizeObserver -> Chart.js redraw on a faked
-        # requestAnimationFrame) would wait forever on a paused clock, and comes later on a loaded
-        # machine: let the clock tick in real time and fast-forward until two screenshots agree.
-        page.clock.resume()
-        shot = None
-        for _ in range(12):
-            page.wait_for_timeout(200)
-            page.clock.run_for(2000)
-            prev, shot = shot, page.screenshot(full_page=True)
-            if shot == prev:
-                break
-        for err in info["page_errors"]:
-            print(err, file=sys.stderr)
-        if info["page_errors"]:
-            finish(3 if info["page_errors"][0].startswith("SyntaxError") else 1)
-        # A page of text is not a chart: a 135M model's JavaScript pasted into <body> renders as
-        # readable text, which the blank check would call a picture. Require something drawn: a
-        # canvas, an svg with content, a loaded image, or a box with a (non-white) colour, image or border.
-        drawn = page.evaluate("""() => {
-            const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
-            const inked = c => {  // an empty <canvas> is not a chart; WebGL or tainted canvases are assumed drawn
-                let ctx; try { ctx = c.getContext("2d"); } catch (err) { return true; }
-                if (!ctx) return true;
-                try { const d = ctx.getImageData(0, 0, c.width, c.height).data;
-                      for (let i = 3; i < d.length; i += 4) if (d[i]) return true; return false; } catch (err) { return true; }
-            };
-            for (const e of document.querySelectorAll("canvas")) if (big(e) && e.width && e.height && inked(e)) return "CANVAS";
-            for (const e of document.querySelectorAll("img, video")) if (big(e) && (e.tagName !== "IMG" || e.naturalWidth)) return e.tagName;
-            for (const e of document.querySelectorAll("svg")) if (big(e) && e.querySelector("path, rect, circle, line, polyline, polygon, ellipse, text")) return "SVG";
-            const painted = s => !["rgba(0, 0, 0, 0)", "transparent", "rgb(255, 255, 255)"].includes(s.backgroundColor)
-                || s.backgroundImage !== "none" || s.boxShadow !== "none"
-                || parseFloat(s.borderTopWidth) + parseFloat(s.borderLeftWidth) > 0;
-            for (const e of document.body.querySelectorAll("*")) {
-                if (!big(e)) continue;
-                if (painted(getComputedStyle(e))) return e.tagName;
-                for (const pseudo of ["::before", "::after"]) {  // CSS-drawn dots and lines
-                    const s = getComputedStyle(e, pseudo);
-                    if (s.content !== "none" && painted(s)) return e.tagName + pseudo;
-                }
-            }
-            return null;
-        }""")
-        info["drawn"] = drawn
-        if not drawn:
-            print("the page shows only text: no canvas, svg, image or coloured/bordered box was drawn", file=sys.stderr)
-            Path("image.png").write_bytes(shot)
-            finish(5)
-        Path("image.png").write_bytes(shot)
-    else:
-        page.set_content('<html><body style="margin:0;background:white"><div id="out" style="display:inline-block;padding:8px"></div></body></html>')
-        page.add_script_tag(path=str(vendored("mermaid@11")))
-        res = page.evaluate("""async (src) => {
-            mermaid.initialize({startOnLoad: false, securityLevel: "strict"});
-            try { await mermaid.parse(src); } catch (e) { return {kind: "syntax", msg: String(e.message || e)}; }
-            try {
-                const {svg} = await mermaid.render("vc2", src);
-                const out = document.getElementById("out");
-                out.innerHTML = svg;
-                const el = out.querySelector("svg"), vb = el.viewBox.baseVal;  // useMaxWidth shrinks it otherwise
-                if (vb && vb.width) { el.style.maxWidth = "none"; el.setAttribute("width", vb.width); el.setAttribute("height", vb.height); }
-                return {kind: "ok"};
-            } catch (e) { return {kind: "runtime", msg: String(e.message || e)}; }
-        }""", Path("diagram.mmd").read_text(encoding="utf-8"))
-        if res["kind"] != "ok":
-            print(res["msg"], file=sys.stderr)
-            finish(3 if res["kind"] == "syntax" else 1)
-        page.locator("#out").screenshot(path="image.png")
-    browser.close()
-finish(0)
+        page = context.new_page()
+        page.on("pageerror", lambda e: info["page_errors"].append(f"{e.name}: {e.message}"))
+        page.on("console", lambda m: m.type == "error" and info["console_errors"].append(m.text))
+        page.on("request", lambda r: inflight.add(r))
+        page.on("requestfinished", lambda r: inflight.discard(r))
+        page.on("requestfailed", lambda r: inflight.discard(r))
+        page.route("**/*", route)
+        return render_html(page, info, inflight)
+    finally:
+        Path("_vc2_browser.json").write_text(json.dumps(info, indent=1))
+        context.close()
+
+
+def settle(page, inflight, quiet_ms=60, limit_ms=10_000):
+    """Wait until no request has been in flight for quiet_ms. Playwright's "networkidle" waits a fixed
+    500 ms; every request here is answered locally at once, so a short quiet spell says the same."""
+    quiet = waited = 0
+    while quiet < quiet_ms and waited < limit_ms:
+        page.wait_for_timeout(20)
+        waited += 20
+        quiet = quiet + 20 if not inflight else 0
+
+
+def render_html(page, info, inflight):
+    page.clock.install()
+    page.goto(ORIGIN + "index.html", wait_until="load")
+    settle(page, inflight)                    # fetch("data.csv") and friends
+    page.clock.run_for(5000)                  # animations, setTimeout-driven drawing
+    # Work that real browser events start late (ResizeObserver -> Chart.js redraw on a faked
+    # requestAnimationFrame) would wait forever on a paused clock, and comes later on a loaded
+    # machine: let the clock tick in real time and fast-forward until two screenshots agree.
+    page.clock.resume()
+    shot = None
+    for _ in range(12):
+        page.wait_for_timeout(200)
+        page.clock.run_for(2000)
+        prev, shot = shot, page.screenshot(full_page=True)
+        if shot == prev:
+            break
+    for err in info["page_errors"]:
+        print(err, file=sys.stderr)
+    if info["page_errors"]:
+        return 3 if info["page_errors"][0].startswith("SyntaxError") else 1
+    Path("image.png").write_bytes(shot)
+    # A page of text is not a chart: a 135M model's JavaScript pasted into <body> renders as
+    # readable text, which the blank check would call a picture. Require something drawn: a
+    # canvas, an svg with content, a loaded image, or a box with a (non-white) colour, image or border.
+    info["drawn"] = page.evaluate(DRAWN_JS)
+    if not info["drawn"]:
+        print("the page shows only text: no canvas, svg, image or coloured/bordered box was drawn", file=sys.stderr)
+        return 5
+    return 0
+
+
+def new_mermaid_page(browser, vendor):
+    """A blank page with the mermaid bundle loaded (parsing the 3 MB bundle is most of a diagram's cost)."""
+    page = browser.new_context(viewport={"width": 800, "height": 600}).new_page()
+    page.set_content('<html><body style="margin:0;background:white"></body></html>')
+    page.add_script_tag(path=str(vendored("mermaid@11", vendor)))
+    return page
+
+
+def render_mermaid(page):
+    """Mermaid source is data, not code (securityLevel strict: no scripts, no click callbacks), so a kept
+    page is reset rather than replaced: a new body and a fresh mermaid.initialize for every diagram."""
+    page.evaluate("""() => { document.body.innerHTML = '<div id="out" style="display:inline-block;padding:8px"></div>'; }""")
+    res = page.evaluate(MERMAID_JS, Path("diagram.mmd").read_text(encoding="utf-8"))
+    if res["kind"] != "ok":
+        print(res["msg"], file=sys.stderr)
+        return 3 if res["kind"] == "syntax" else 1
+    page.locator("#out").screenshot(path=str(Path("image.png").resolve()))
+    return 0
+
+
+def launch(pw):
+    return pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+
+
+def main():
+    kind, vendor = sys.argv[1], Path(sys.argv[2])
+    with sync_playwright() as pw:
+        try:
+            browser = launch(pw)
+        except PlaywrightError as e:
+            print(f"browser did not start: {e}", file=sys.stderr)
+            return 4
+        code = render(browser, kind, vendor)
+        browser.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

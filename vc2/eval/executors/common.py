@@ -41,9 +41,18 @@ def trim(text, limit=3000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
-def execute(cmd, workdir, mode, timeout_s, **limits):
-    """sandbox.run + the generic verdicts. Returns (Result, Outcome-or-None); None = the caller decides."""
-    res = sandbox.run(cmd, workdir, timeout_s=timeout_s, mode=mode, **limits)
+def execute(cmd, workdir, mode, timeout_s, warm=None, **limits):
+    """sandbox.run + the generic verdicts. Returns (Result, Outcome-or-None); None = the caller decides.
+
+    warm: (WarmPool, WarmJob) to render in a warm server instead; the pool answers None when the task
+    must run cold, and then `cmd` runs as usual. Both paths give the same Result for the same program.
+    """
+    res = None
+    if warm is not None:
+        pool, job = warm
+        res = pool.run(job, workdir, mode, timeout_s, **limits)
+    if res is None:
+        res = sandbox.run(cmd, workdir, timeout_s=timeout_s, mode=mode, **limits)
     if res.timed_out:
         return res, Outcome("timeout", f"killed after {timeout_s:.0f} s wall-clock", wall_s=res.wall_s,
                             detail={"stderr_tail": trim(res.stderr, 500)})

@@ -16,18 +16,21 @@ import json
 import sys
 
 from vc2.eval import images
+from vc2.eval.warm import WarmJob
 from vc2.eval.executors.common import HERE, Outcome, execute, module_version, tool_version, trim
 
 TOOLS = ["chromium"]
 MODULES = ["playwright"]
 TIMEOUT_S = 90.0
+WARM = True
 VENDOR = HERE.parent / "assets" / "vendor"
 
 
-def browser_render(kind, workdir, mode, timeout_s):
+def browser_render(kind, workdir, mode, timeout_s, warm):
     """Shared with mermaid.py: run browser_driver.py, map its exit code to an Outcome."""
     res, out = execute([sys.executable, "-I", HERE / "browser_driver.py", kind, VENDOR], workdir, mode, timeout_s,
-                       mem_mb=8192, nproc=1024)  # Chromium: many threads, big V8 heaps
+                       mem_mb=8192, nproc=1024,  # Chromium: many threads, big V8 heaps
+                       warm=warm and (warm, WarmJob("browser", task_args=(kind, VENDOR))))
     if out:
         return out
     info = workdir / "_vc2_browser.json"
@@ -49,9 +52,9 @@ def browser_render(kind, workdir, mode, timeout_s):
     return Outcome("pass", image=png, detail=detail) if png.exists() else Outcome("no_image", err, detail=detail)
 
 
-def render(code, workdir, mode, timeout_s):
+def render(code, workdir, mode, timeout_s, warm=None):
     (workdir / "page.html").write_text(code, encoding="utf-8")
-    return browser_render("html", workdir, mode, timeout_s)
+    return browser_render("html", workdir, mode, timeout_s, warm)
 
 
 def version():

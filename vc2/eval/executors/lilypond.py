@@ -9,23 +9,25 @@ the original harness). Measured here: median 1.8 s per score, 1.6 s of it start-
 """
 import re
 
+from vc2.eval.warm import WarmJob
 from vc2.eval.executors.common import Outcome, crop, execute, tool_version, trim
 
 TOOLS = ["lilypond"]
 MODULES = []
 TIMEOUT_S = 120.0
+WARM = True
+OPTIONS = ("--png", "-dresolution=110", "-dno-point-and-click", "-dinclude-settings=_vc2_settings.ly", "-o", "score")
 SYNTAX = re.compile(r"syntax error|unknown escaped string|not a note name|unterminated|unexpected|"
                     r"unknown command|not a (duration|pitch)|end quote missing")
 
 
-def render(code, workdir, mode, timeout_s):
+def render(code, workdir, mode, timeout_s, warm=None):
     (workdir / "score.ly").write_text(code, encoding="utf-8")
     # drop the "Music engraving by LilyPond" footer, which would survive the crop as fake ink;
     # included before the score, so a tagline the code sets itself still wins
     (workdir / "_vc2_settings.ly").write_text("\\header { tagline = ##f }\n")
-    res, out = execute(["lilypond", "--png", "-dresolution=110", "-dno-point-and-click",
-                        "-dinclude-settings=_vc2_settings.ly", "-o", "score", "score.ly"],
-                       workdir, mode, timeout_s, mem_mb=4096)
+    res, out = execute(["lilypond", *OPTIONS, "score.ly"], workdir, mode, timeout_s, mem_mb=4096,
+                       warm=warm and (warm, WarmJob("lilypond", server_args=OPTIONS)))
     if out:
         return out
     log = res.stderr + res.stdout

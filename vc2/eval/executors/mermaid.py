@@ -12,11 +12,12 @@ from vc2.eval.executors.html import browser_render
 TOOLS = ["chromium"]
 MODULES = ["playwright"]
 TIMEOUT_S = 90.0
+WARM = True
 
 
-def render(code, workdir, mode, timeout_s):
+def render(code, workdir, mode, timeout_s, warm=None):
     (workdir / "diagram.mmd").write_text(code, encoding="utf-8")
-    return browser_render("mermaid", workdir, mode, timeout_s)
+    return browser_render("mermaid", workdir, mode, timeout_s, warm)
 
 
 def version():

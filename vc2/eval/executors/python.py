@@ -4,18 +4,22 @@ py_driver.py compiles it first (syntax_error), runs it with MPLBACKEND=Agg and d
 then saves every figure still open. An image the code saved itself (savefig + close, common in model
 answers and a failure in the original harness) counts too. Measured here (2 cores, bwrap): median
 0.87 s for a matplotlib bar chart, about 1.5 s seaborn, 4-5 s plotly via kaleido's Chromium.
-Limit: no warm worker; the font cache is pre-seeded so matplotlib does not rebuild it each run.
+Warm (vc2/eval/warm.py): a fresh fork per task of a parent that has imported matplotlib, numpy
+and pandas; seaborn and plotly are imported by the task, as cold. The font cache is pre-seeded
+so matplotlib does not rebuild it each run.
 """
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from vc2.eval.warm import WarmJob
 from vc2.eval.executors.common import driver_failure, HERE, Outcome, execute, module_version, trim
 
 TOOLS = []
 MODULES = ["matplotlib"]   # seaborn/plotly/pandas are optional: importing a missing one is the code's error
 TIMEOUT_S = 60.0
+WARM = True
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -29,7 +33,7 @@ def _mpl_cache():
     return cache
 
 
-def render(code, workdir, mode, timeout_s):
+def render(code, workdir, mode, timeout_s, warm=None):
     before = {p.name for p in workdir.iterdir()}
     (workdir / "plot.py").write_text(code, encoding="utf-8")
     mpl = workdir / ".mpl"
@@ -37,7 +41,8 @@ def render(code, workdir, mode, timeout_s):
     # the driver points MPLCONFIGDIR at ./.mpl (the sandbox runs in a private copy of workdir)
     # -I: the driver's own directory (holding html.py etc.) must not shadow the standard library
     res, out = execute([sys.executable, "-I", HERE / "py_driver.py"], workdir, mode, timeout_s,
-                       env={"BROWSER_PATH": "/usr/bin/chromium"}, mem_mb=4096)
+                       env={"BROWSER_PATH": "/usr/bin/chromium"}, mem_mb=4096,
+                       warm=warm and (warm, WarmJob("python", preload_dir=str(_mpl_cache()))))
     shutil.rmtree(mpl, ignore_errors=True)
     failed = out or driver_failure(res)  # the sandbox's own verdict (timeout, infra), else the driver's exit code
     if failed:
