@@ -9,10 +9,9 @@ errors, 4 the browser could not start (infrastructure). Details (served librarie
 console errors) go to _vc2_browser.json.
 HTML: the page is served as http://vc2.local/index.html, so fetch("data.csv") reads the work dir;
 script URLs of known chart libraries (any CDN) are answered from VENDOR_DIR, picking the vendored
-major nearest to the URL's; every other request is aborted. The JS clock (Date, timers,
-requestAnimationFrame, performance.now) is faked by CLOCK_JS and run 5 s forward, so animations
-finish without sleeping. Cold, each page gets a new browser context; warm, pages share a kept one
-that forget() scrubs after each page (a new context costs ~1.2 CPU-s, a new page in a kept one 0.25).
+major nearest to the URL's; every other request is aborted. The JS clock is faked and run 5 s
+forward, so animations finish without sleeping. Each render gets a new browser context (own
+cookies, storage, cache), closed afterwards.
 """
 import json
 import re
@@ -49,62 +48,6 @@ def vendored(url, vendor):
             return next(f for f in (vendor / pkg / str(major)).iterdir() if f.name.endswith(".js"))
     return None
 
-
-# A fake clock per page, installed before the page's own scripts (Playwright's clock is per context and
-# replays its whole history into every new page of the context, so it cannot serve a kept context).
-# Timers fire in time order; microtasks run between them (await), as with real timers; an exception
-# in a callback is rethrown from a real timer, so it reaches the page's error events as usual.
-CLOCK_JS = """(() => {
-  const realSetTimeout = window.setTimeout, realSetInterval = window.setInterval, RealDate = window.Date;
-  const realPerfNow = performance.now.bind(performance);
-  const epoch = RealDate.now(), perfBase = realPerfNow();
-  let now = epoch, nextId = 1;
-  const timers = new Map();
-  const add = (fn, delay, args, repeat) => {
-    const d = Math.max(0, Number(delay) || 0), id = nextId++;
-    timers.set(id, {fn, args, at: now + d, delay: d, repeat});
-    return id;
-  };
-  const clear = id => { timers.delete(id); };
-  window.setTimeout = (fn, delay, ...args) => add(fn, delay, args, false);
-  window.setInterval = (fn, delay, ...args) => add(fn, delay, args, true);
-  window.clearTimeout = window.clearInterval = window.cancelAnimationFrame = clear;
-  window.requestAnimationFrame = cb => add(() => cb(performance.now()), 16 - ((now - epoch) % 16) || 16, [], false);
-  performance.now = () => perfBase + (now - epoch);
-  function FakeDate(...args) {
-    if (!new.target) return new RealDate(now).toString();
-    return args.length ? new RealDate(...args) : new RealDate(now);
-  }
-  FakeDate.prototype = RealDate.prototype;
-  FakeDate.now = () => now;
-  FakeDate.parse = RealDate.parse;
-  FakeDate.UTC = RealDate.UTC;
-  window.Date = FakeDate;
-  let running = false;
-  window.__vc2RunFor = async ms => {
-    if (running) return;
-    running = true;
-    const end = now + ms;
-    try {
-      for (let n = 0; n < 100000; n++) {
-        let id = null, t = null;
-        for (const [i, x] of timers) if (x.at <= end && (t === null || x.at < t.at)) { id = i; t = x; }
-        if (t === null) break;
-        now = Math.max(now, t.at);
-        if (t.repeat) t.at += Math.max(t.delay, 1); else timers.delete(id);
-        try { typeof t.fn === "function" ? t.fn.apply(window, t.args) : (0, eval)(String(t.fn)); }
-        catch (e) { realSetTimeout(() => { throw e; }); }
-        await null;
-      }
-    } finally { now = Math.max(now, end); running = false; }
-  };
-  window.__vc2Resume = () => {  // from now on the fake clock also moves with real time
-    let last = realPerfNow();
-    realSetInterval(() => { const t = realPerfNow(); window.__vc2RunFor(t - last); last = t; }, 16);
-  };
-})();"""
-RUN_FOR = "ms => typeof window.__vc2RunFor === 'function' && window.__vc2RunFor(ms)"
-RESUME = "() => typeof window.__vc2Resume === 'function' && window.__vc2Resume()"
 
 DRAWN_JS = """() => {
     const big = e => { const r = e.getBoundingClientRect(); return r.width >= 4 && r.height >= 4; };
@@ -145,10 +88,9 @@ MERMAID_JS = """async (src) => {
 }"""
 
 
-def render(browser, kind, vendor, mermaid_page=None, html_context=None):
+def render(browser, kind, vendor, mermaid_page=None):
     """Render the task in the current directory with `browser`; returns the exit code (see above).
-    Warm: mermaid_page, a kept page from new_mermaid_page(); html_context, a kept context from
-    new_html_context(). Cold: both None, and a context is made for this page and closed after."""
+    mermaid_page: a kept page from new_mermaid_page() (warm), else one is made for this diagram."""
     if kind == "mermaid":
         page = mermaid_page or new_mermaid_page(browser, vendor)
         try:
@@ -178,8 +120,7 @@ def render(browser, kind, vendor, mermaid_page=None, html_context=None):
         info["blocked"].append(url)
         return r.abort()
 
-    context = html_context or new_html_context(browser)
-    page = None
+    context = browser.new_context(viewport={"width": 800, "height": 600})
     try:
         page = context.new_page()
         page.on("pageerror", lambda e: info["page_errors"].append(f"{e.name}: {e.message}"))
@@ -191,28 +132,7 @@ def render(browser, kind, vendor, mermaid_page=None, html_context=None):
         return render_html(page, info, inflight)
     finally:
         Path("_vc2_browser.json").write_text(json.dumps(info, indent=1))
-        if html_context is None:
-            context.close()
-        elif page is not None:
-            forget(context, page)
-
-
-def new_html_context(browser):
-    return browser.new_context(viewport={"width": 800, "height": 600})
-
-
-def forget(context, page):
-    """Scrub a kept context after a page: close its popups, unload the page (none of its code runs
-    any more), clear every kind of storage of the one origin pages are served from, and the cookies."""
-    for other in context.pages:
-        if other != page:
-            other.close()
-    page.goto("about:blank")
-    cdp = context.new_cdp_session(page)
-    cdp.send("Storage.clearDataForOrigin", {"origin": ORIGIN.rstrip("/"), "storageTypes": "all"})
-    cdp.detach()
-    context.clear_cookies()
-    page.close()
+        context.close()
 
 
 def settle(page, inflight, quiet_ms=60, limit_ms=10_000):
@@ -226,18 +146,18 @@ def settle(page, inflight, quiet_ms=60, limit_ms=10_000):
 
 
 def render_html(page, info, inflight):
-    page.add_init_script(CLOCK_JS)
+    page.clock.install()
     page.goto(ORIGIN + "index.html", wait_until="load")
     settle(page, inflight)                    # fetch("data.csv") and friends
-    page.evaluate(RUN_FOR, 5000)              # animations, setTimeout-driven drawing
+    page.clock.run_for(5000)                  # animations, setTimeout-driven drawing
     # Work that real browser events start late (ResizeObserver -> Chart.js redraw on a faked
     # requestAnimationFrame) would wait forever on a paused clock, and comes later on a loaded
     # machine: let the clock tick in real time and fast-forward until two screenshots agree.
-    page.evaluate(RESUME)
+    page.clock.resume()
     shot = None
     for _ in range(12):
         page.wait_for_timeout(200)
-        page.evaluate(RUN_FOR, 2000)
+        page.clock.run_for(2000)
         prev, shot = shot, page.screenshot(full_page=True)
         if shot == prev:
             break
