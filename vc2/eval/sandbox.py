@@ -36,6 +36,7 @@ What this does NOT protect against (read before trusting it):
   /root, /home and /tmp; plain hides nothing);
 - RLIMIT_NPROC is per uid across the whole machine, so parallel runs share it.
 Measured wall time of /bin/true per run on the 2-core dev box: plain 8 ms, bwrap 17 ms, unshare 66 ms.
+vc2/eval/warm.py starts its long-lived renderers with the same wrapping (_wrap), in bwrap or unshare mode.
 """
 import os
 import pwd

@@ -5,7 +5,9 @@ Source in score.ly. Any `error:` line in the log fails the task even when lilypo
 something (it carries on after most errors, e.g. a Guile error in embedded Scheme): "syntax error" /
 "unknown escaped string" / "not a note name" are syntax_error, the rest runtime_error. A multi-page
 score passes with page 1 as the image and every page listed in detail["images"] (it was a failure in
-the original harness). Measured here: median 1.8 s per score, 1.6 s of it start-up (no server mode).
+the original harness). Measured here: median 1.8 s per score cold, 1.6 s of it start-up; warm
+(vc2/eval/warm.py) a Guile loop (lily_server.scm) pays that once and forks per score: ~0.6 s, with the
+same log, exit code and byte-identical PNG.
 """
 import re
 

@@ -4,9 +4,9 @@ py_driver.py compiles it first (syntax_error), runs it with MPLBACKEND=Agg and d
 then saves every figure still open. An image the code saved itself (savefig + close, common in model
 answers and a failure in the original harness) counts too. Measured here (2 cores, bwrap): median
 0.87 s for a matplotlib bar chart, about 1.5 s seaborn, 4-5 s plotly via kaleido's Chromium.
-Warm (vc2/eval/warm.py): a fresh fork per task of a parent that has imported matplotlib, numpy
-and pandas; seaborn and plotly are imported by the task, as cold. The font cache is pre-seeded
-so matplotlib does not rebuild it each run.
+Warm (vc2/eval/warm.py; ~0.45 s per bar chart): a fresh fork per task of a parent that has imported
+matplotlib, numpy and pandas; seaborn and plotly are imported by the task, as cold. The font cache
+is pre-seeded so matplotlib does not rebuild it each run.
 """
 import shutil
 import subprocess
