@@ -105,7 +105,9 @@ class Server:
         self.user = sb.sandbox_user()
         self.token = secrets.token_hex(8)
         self.dir = Path(tempfile.mkdtemp(prefix="vc2-warm-", dir="/tmp"))  # bound read-write inside
-        self.log = Path(tempfile.mkstemp(prefix="vc2-warm-log-")[1])      # the server's stderr, outside
+        fd, log = tempfile.mkstemp(prefix="vc2-warm-log-")                 # the server's stderr, outside
+        os.close(fd)
+        self.log = Path(log)
         self.buf = b""
         if job.preload_dir:
             shutil.copytree(job.preload_dir, self.dir / ".preload")

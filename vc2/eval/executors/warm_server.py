@@ -144,7 +144,8 @@ def redirected(out, err):
 
 
 # ---------------------------------------------------------------------------------------------
-# the kinds: start() warms up once, handle(request) -> exit code
+# the kinds: start_<kind>() warms up once and returns (handle, spare): handle(request) -> exit code,
+# spare = pids of our own helpers that a sweep must not kill
 
 def start_python():
     import matplotlib
@@ -189,7 +190,7 @@ def start_python():
                 finally:
                     os._exit(code)
         return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    return handle
+    return handle, []
 
 
 def start_vegalite():
@@ -202,7 +203,7 @@ def start_vegalite():
         os.chdir(req["dir"])
         with redirected(req["out"], req["err"]):
             return driver.main()
-    return handle
+    return handle, []
 
 
 def start_browser():
@@ -220,7 +221,7 @@ def start_browser():
             kept["mermaid"] = driver.new_mermaid_page(browser, Path(vendor))
         with redirected(req["out"], req["err"]):
             return driver.render(browser, kind, Path(vendor), mermaid_page=kept.get("mermaid"))
-    return handle
+    return handle, []
 
 
 def start_lilypond():
@@ -228,7 +229,6 @@ def start_lilypond():
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if engine.stdout.readline().strip() != "ready":
         raise RuntimeError(f"lilypond did not start (exit {engine.poll()})")
-    start_lilypond.engine = engine
 
     def handle(req):
         lim = req["limits"]
@@ -239,7 +239,7 @@ def start_lilypond():
             raise RuntimeError(f"the lilypond engine failed ({line or 'it exited'})")
         open(req["out"], "w").close()
         return int(line)
-    return handle
+    return handle, [engine.pid]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,8 +248,8 @@ def main(kind):
     answer = os.fdopen(os.dup(1), "w")  # the host's channel; fd 1 itself goes to our log from here on
     os.dup2(2, 1)
     try:
-        handle = {"python": start_python, "vegalite": start_vegalite, "browser": start_browser,
-                  "lilypond": start_lilypond}[kind]()
+        handle, spare = {"python": start_python, "vegalite": start_vegalite, "browser": start_browser,
+                         "lilypond": start_lilypond}[kind]()
     except Exception:
         traceback.print_exc()
         print(json.dumps({"ready": False, "error": traceback.format_exc(limit=3)}), file=answer, flush=True)
@@ -261,8 +261,7 @@ def main(kind):
         try:
             rc = handle(req)
             if isolate:
-                engine = getattr(start_lilypond, "engine", None)
-                sweep(keep=[engine.pid] if engine else [])
+                sweep(keep=spare)
                 wipe()
         except Exception:
             traceback.print_exc()
