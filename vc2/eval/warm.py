@@ -101,7 +101,7 @@ class Server:
     """One warm_server.py in its own sandbox. Not thread-safe: one task at a time (the pool sees to it)."""
 
     def __init__(self, job, mode, mem_mb, fsize_mb, nproc, nofile):
-        self.job, self.mode, self.tasks = job, mode, 0
+        self.job, self.mode, self.tasks, self.killed = job, mode, 0, False
         self.user = sb.sandbox_user()
         self.token = secrets.token_hex(8)
         self.dir = Path(tempfile.mkdtemp(prefix="vc2-warm-", dir="/tmp"))  # bound read-write inside
@@ -192,6 +192,12 @@ class Server:
         return self.proc.poll() is None
 
     def kill(self, keep_dir=False):
+        """Kill the server and everything of its sandbox; once (a timed-out run kills, then the pool retires)."""
+        if self.killed:
+            if not keep_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        self.killed = True
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
