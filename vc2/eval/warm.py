@@ -222,9 +222,11 @@ class WarmPool:
         self._all = set()
         self._broken = {}
         self._lock = threading.Lock()
-        # bwrap --die-with-parent ties a server to the *thread* that started it: start them all from
-        # one thread that lives as long as the pool, not from a worker thread that may end first
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="vc2-warm-spawn")
+        # bwrap --die-with-parent ties a server to the *thread* that started it: start them from
+        # threads that live as long as the pool (an executor's threads never end before shutdown),
+        # not from a worker thread that may end first. Several, so that two workers each waiting
+        # for a server of their own do not wait for each other's start-up too.
+        self._spawner = ThreadPoolExecutor(4, thread_name_prefix="vc2-warm-spawn")
         atexit.register(self.close)
 
     def __enter__(self):
