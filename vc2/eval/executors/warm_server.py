@@ -14,9 +14,11 @@ How each kind keeps tasks apart:
   fresh random seeds, running py_driver.main(). Same process model for lilypond (lily_server.scm).
 - vegalite: the specs run in this process's vl-convert; a spec is declarative JSON (no code, no
   network: allowed_base_urls=[]), so there is no task state to carry over.
-- browser: one kept Chromium; each HTML task gets a new browser context (cookies, storage, cache),
-  closed after. Page JavaScript cannot start processes or write files. Mermaid diagrams share one
-  kept page, reset per diagram: Mermaid text is declarative (securityLevel strict runs no scripts).
+- browser: one kept Chromium. HTML pages take turns in one kept tab, each at an origin of its own
+  (storage never crosses pages) and scrubbed after (browser_driver.HtmlTab.forget: popups closed,
+  page unloaded, history dropped, window.name reset, storage and cookies cleared). Page JavaScript
+  cannot start processes or write files. Mermaid diagrams share one kept page, reset per diagram:
+  Mermaid text is declarative (securityLevel strict runs no scripts).
 After a python or lilypond task, every process left in this pid namespace (daemons, setsid'd
 children) is killed and the writable tmpfs (/tmp, /var/tmp, /dev/shm, /run, /home, /root) emptied,
 before answering; the host empties the task dir. Only then does the next task start.
@@ -210,7 +212,7 @@ def start_browser():
     driver = load("browser_driver")
     from playwright.sync_api import sync_playwright
     browser = driver.launch(sync_playwright().start())
-    kept = {}  # the mermaid page, bundle loaded once (see browser_driver.render_mermaid)
+    kept = {}  # the mermaid page (bundle loaded once) and the HTML tab, see browser_driver
 
     def handle(req):
         kind, vendor = req["args"]
@@ -219,8 +221,11 @@ def start_browser():
             raise RuntimeError("the browser is gone")
         if kind == "mermaid" and "mermaid" not in kept:
             kept["mermaid"] = driver.new_mermaid_page(browser, Path(vendor))
+        if kind == "html" and "html" not in kept:
+            kept["html"] = driver.HtmlTab(browser, Path(vendor))
         with redirected(req["out"], req["err"]):
-            return driver.render(browser, kind, Path(vendor), mermaid_page=kept.get("mermaid"))
+            return driver.render(browser, kind, Path(vendor), mermaid_page=kept.get("mermaid"),
+                                 html_tab=kept.get("html"))
     return handle, []
 
 
