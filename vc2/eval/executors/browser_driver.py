@@ -229,7 +229,7 @@ class HtmlTab:
         history (history.back() must not bring it back), reset window.name (kept across same-site
         navigations), clear its origin's storage and every cookie (a cookie set for the domain
         vc2.local would reach every origin)."""
-        self.page.goto("about:blank")
+        self.page.goto("about:blank", timeout=10_000)  # a page still hanging its renderer: the server goes
         for _ in range(100):  # a popup may open popups while we close them
             others = [p for p in self.context.pages if p != self.page]
             if not others:

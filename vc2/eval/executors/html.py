@@ -9,9 +9,8 @@ A page that needed a blocked library usually comes out blank -> blank_image; a p
 text (no canvas, svg, image or painted box) is no_image: a model's JavaScript pasted into <body>
 renders as text, and must not count as a chart. The animation clock is
 faked and run forward (5 s, then 2 s steps until two screenshots agree) instead of sleeping 5 s.
-Measured here: median 2.2 s per page cold; warm (a kept browser, a new context per page) ~1.3 s, of which
-~2 CPU-s per page are Chromium's own (a new page's renderer, layout, paint; a kept context or a shared
-renderer process did not lower it). Limits: ES-module imports (`d3@7/+esm`) are not served; web fonts,
+Measured here: median 2.2 s per page cold (~1.9 CPU-s); warm (a kept browser and tab, see
+browser_driver.HtmlTab) ~0.8 s and ~0.7 CPU-s: a new tab's renderer process was most of the cost. Limits: ES-module imports (`d3@7/+esm`) are not served; web fonts,
 map tiles and the Google Charts loader cannot work offline.
 """
 import json
