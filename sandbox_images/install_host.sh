@@ -38,11 +38,15 @@ if ! id vc2sandbox >/dev/null 2>&1; then
   $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vc2sandbox
 fi
 
-# 4. Font cache, so the first render does not pay for fc-cache.
+# 4. The local container base image (podman; debootstrap, no registry). The sandbox's "auto" mode
+# still picks bwrap: container mode needs the renderer image VC2_SANDBOX_IMAGE, which this is not.
+bash "$here/base_image.sh"
+
+# 5. Font cache, so the first render does not pay for fc-cache.
 say "fc-cache"
 $SUDO fc-cache -s >/dev/null 2>&1 || true
 
-# 5. Report what the executors see.
+# 6. Report what the executors see.
 say "renderers:"
 cd "$here/.."  # so that `vc2` imports from this checkout
 python - <<'EOF'

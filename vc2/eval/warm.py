@@ -115,8 +115,7 @@ class Server:
             sb._chown_tree(self.dir, self.user[0], self.user[1])
         # the server's own scratch (Chromium's profile) is the sandbox's private /tmp, never the task dir
         env = sb._env(self.dir, self.token, {"HOME": "/tmp", "TMPDIR": "/tmp"})
-        limits = ["prlimit", "--cpu=unlimited", f"--data={mem_mb << 20}", f"--fsize={fsize_mb << 20}",
-                  f"--nofile={nofile}", f"--nproc={nproc}", "--core=0", "--"]
+        limits = sb._limits(None, mem_mb, fsize_mb, nproc, nofile)  # no CPU limit: the server lives long
         argv = sb._wrap(mode, [sys.executable, "-I", str(SERVER), job.kind, *map(str, job.server_args)],
                         self.dir, self.user, env, limits, mem_mb, nproc, f"vc2-{self.token}")
         with open(self.log, "wb") as log:
