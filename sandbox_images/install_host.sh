@@ -6,7 +6,7 @@
 # The JS chart libraries are already vendored in vc2/eval/assets/vendor/ (see vendor_js.sh), so
 # this script needs no npm. It also creates the unprivileged `vc2sandbox` user the sandbox runs as.
 # Measured on the 2-core Debian 12 dev machine (fast mirror): 1 min 43 s from nothing (apt ~1.5 GB on
-# disk), 15 s when everything is already there.
+# disk) before podman and its base image were added (~1 min more), 15 s when everything is there.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
