@@ -21,4 +21,4 @@ say "debootstrap --variant=minbase --include=python3 bookworm ($MIRROR)"
 debootstrap --variant=minbase --include=python3 bookworm "$tmp/rootfs" "$MIRROR" >"$tmp/debootstrap.log" 2>&1 \
   || { tail -20 "$tmp/debootstrap.log"; say "debootstrap failed"; exit 1; }
 say "podman import -> $IMAGE"
-tar -C "$tmp/rootfs" -c . | podman import --change 'CMD ["/bin/sh"]' - "$IMAGE" >/dev/null
+tar -C "$tmp/rootfs" -c . | podman import -q --change 'CMD ["/bin/sh"]' - "$IMAGE" >/dev/null
