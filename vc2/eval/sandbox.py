@@ -146,8 +146,8 @@ shift; cd "$VC2_CWD"; exec "$@"
 """
 
 
-def _wrap(mode, cmd, work, user, env, limits, mem_mb, nproc, name):
-    """The full argv for one mode (cmd runs with cwd=work)."""
+def _wrap(mode, cmd, work, user, env, limits, name):
+    """The full argv for one mode (cmd runs with cwd=work; limits from _limits)."""
     if mode in ("docker", "podman"):
         # Inside the image the interpreter is its python3, and vc2's package dir (executor scripts,
         # vendored JS) is mounted read-only at its host path. The code runs as the sandbox user's
@@ -162,8 +162,8 @@ def _wrap(mode, cmd, work, user, env, limits, mem_mb, nproc, name):
         rootless = mode == "podman" and os.geteuid() != 0
         ulimits = [a for k, v in limits.items() if v is not None for a in ("--ulimit", f"{k}={v}:{v}")]
         return [mode, "run", "--rm", "--name", name, "--network", "none", "--read-only",
-                "--tmpfs", "/tmp:size=256m", "--memory", f"{mem_mb}m",
-                "--memory-swap", f"{mem_mb}m", "--pids-limit", str(nproc), "--cap-drop", "all",
+                "--tmpfs", "/tmp:size=256m", "--memory", str(limits["data"]),
+                "--memory-swap", str(limits["data"]), "--pids-limit", str(limits["nproc"]), "--cap-drop", "all",
                 "--security-opt", "no-new-privileges", *ulimits, "--user", f"{uid}:{gid}",
                 *(["--userns", "keep-id"] if rootless else []),
                 "-v", f"{work}:{work}", "-v", f"{pkg}:{pkg}:ro", "-w", str(work), *envs, IMAGE, *cmd]
@@ -288,7 +288,7 @@ def run(cmd, workdir, timeout_s, mode="auto", env=None, mem_mb=2048, fsize_mb=25
             _chown_tree(work, user[0], user[1])
         full_env = _env(work, token, env)
         argv = _wrap(mode, list(map(str, cmd)), work, user, full_env,
-                     _limits(timeout_s, mem_mb, fsize_mb, nproc, nofile), mem_mb, nproc, f"vc2-{token}")
+                     _limits(timeout_s, mem_mb, fsize_mb, nproc, nofile), f"vc2-{token}")
         t0 = time.monotonic()
         timed_out = False
         with open(scratch / "out", "wb") as out, open(scratch / "err", "wb") as err:

@@ -117,7 +117,7 @@ class Server:
         env = sb._env(self.dir, self.token, {"HOME": "/tmp", "TMPDIR": "/tmp"})
         limits = sb._limits(None, mem_mb, fsize_mb, nproc, nofile)  # no CPU limit: the server lives long
         argv = sb._wrap(mode, [sys.executable, "-I", str(SERVER), job.kind, *map(str, job.server_args)],
-                        self.dir, self.user, env, limits, mem_mb, nproc, f"vc2-{self.token}")
+                        self.dir, self.user, env, limits, f"vc2-{self.token}")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, start_new_session=True)
