@@ -108,6 +108,10 @@ def main(argv=None):
         tasks = tasks_mod.load_tasks(args.tasks, args.lang)
     except ValueError as e:
         p.error(str(e))
+    if args.tasks:  # the task file holds the reference solutions: never visible to a sandboxed program
+        from vc2.eval import sandbox
+        src = os.path.abspath(args.tasks)
+        sandbox.hide(src if os.path.isdir(src) else os.path.dirname(src))
     if args.limit:
         kept, per = [], {}
         for t in tasks:
@@ -119,11 +123,11 @@ def main(argv=None):
         p.error(f"no tasks for languages {args.lang} in {args.tasks or 'the bundled sample'}")
 
     if args.responses:
-        by_key = {}
-        for (lang, tid), answer in runner.load_responses(args.responses).items():
-            for t in tasks:
-                if t.id == tid and lang in (None, t.language):
-                    by_key[runner.task_key(t)] = answer
+        try:
+            by_key = runner.match_responses(args.responses, runner.load_responses(args.responses), tasks,
+                                            tasks_mod.load_tasks(args.tasks, list(LANGS)))
+        except (OSError, ValueError) as e:
+            p.error(str(e))
         missing = [runner.task_key(t) for t in tasks if runner.task_key(t) not in by_key]
         if missing:
             p.error(f"{args.responses}: no answer for {len(missing)} task(s), e.g. {missing[:3]}")

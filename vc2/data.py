@@ -83,8 +83,13 @@ def _iter_file(path: Path):
 def read_jsonl(path):
     """(line_number, row) for each non-empty line; a line that is not JSON yields its JSONDecodeError
     instead, so each caller picks its policy (training data skips it, task files refuse it)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # reported like bad JSON, with its line: never a traceback
+                yield n, json.JSONDecodeError(f"not UTF-8 ({e.reason})", raw.decode("utf-8", "replace"), e.start)
+                continue
             if not line.strip():
                 continue
             try:

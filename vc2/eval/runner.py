@@ -17,16 +17,17 @@ tasks of a round are interleaved by language, so that parallel workers mostly ne
 """
 import json
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from tqdm import tqdm
 
 from vc2.eval import executors, prompts
+from vc2.eval import sandbox as sb
 from vc2.eval.report import write_reports
 from vc2.eval.warm import WarmPool
 
@@ -151,22 +152,61 @@ class FixedAnswers:
 
 
 def load_responses(path) -> dict:
-    """--responses FILE.jsonl: rows with `id` (and optional `language`) and `answer` or `code`."""
-    out = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    """--responses FILE.jsonl: rows with `id` (and optional `language`) and `answer` or `code`, both strings.
+    ValueError naming the file, line and field for anything else: a line that is not UTF-8 or not JSON, a
+    missing or non-string field, or an id given twice (which one would count?)."""
+    out, where = {}, {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-            if "id" not in row or not ({"answer", "code"} & set(row)):
+            if not isinstance(row, dict) or "id" not in row or not ({"answer", "code"} & set(row)):
                 raise ValueError(f"{path}:{n}: a response row needs 'id' and 'answer' or 'code'")
+            for field in ("id", "language", "answer", "code"):
+                if field in row and not isinstance(row[field], str) and not (field == "id" and isinstance(row[field], int)):
+                    if field == "language" and row[field] is None:
+                        continue
+                    raise ValueError(f"{path}:{n}: field {field!r} must be a string, not "
+                                     f"{type(row[field]).__name__} ({str(row[field])[:40]})")
             answer = row.get("answer")
             if answer is None:
                 answer = f"```\n{row['code']}\n```"
-            out[(row.get("language"), str(row["id"]))] = answer
+            key = (row.get("language"), str(row["id"]))
+            if key in out:
+                raise ValueError(f"{path}:{n}: id {key[1]!r}" + (f" ({key[0]})" if key[0] else "") +
+                                 f" is given twice (first at line {where[key]})")
+            out[key], where[key] = answer, n
+    return out
+
+
+def match_responses(path, responses: dict, tasks, all_tasks) -> dict:
+    """{task key: answer} for the selected tasks. ValueError for a response that names no task at all
+    (a typo, or another benchmark's file), or one id that fits tasks of two languages."""
+    by_id = {}
+    for t in all_tasks:
+        by_id.setdefault(t.id, []).append(t)
+    for (lang, tid) in responses:
+        hits = [t for t in by_id.get(tid, []) if lang in (None, t.language)]
+        if not hits:
+            raise ValueError(f"{path}: response id {tid!r}" + (f" (language {lang})" if lang else "") +
+                             " matches no task")
+        if len(hits) > 1:
+            raise ValueError(f"{path}: response id {tid!r} fits {len(hits)} tasks "
+                             f"({', '.join(task_key(t) for t in hits)}): give its 'language'")
+    selected = {task_key(t) for t in tasks}
+    out = {}
+    for (lang, tid), answer in responses.items():
+        for t in by_id[tid]:
+            if lang in (None, t.language) and task_key(t) in selected:
+                out[task_key(t)] = answer
     return out
 
 
@@ -255,6 +295,10 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
     done = read_results(results_path)
     if done:
         print(f"resuming: {len(done)} attempts already in {results_path}")
+    stale = sb.clean_stale()  # left by killed runs; live runs' and ranks' dirs are not touched
+    if stale:
+        print(f"removed {stale} temporary dir(s) of killed vc2 runs")
+    sb.hide(out_dir)  # other tasks' images and answers are never visible to a sandboxed program
     lock = threading.Lock()
     warm_pool = None
     if warm:
@@ -268,16 +312,23 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
 
     def run_one(task, rnd, answer: Answer, gen_s):
         code = prompts.extract_code(task.language, answer.text)
-        with tempfile.TemporaryDirectory(prefix="vc2-") as tmp:
-            t0 = time.perf_counter()
-            outcome = executors.run(task.language, code, Path(tmp), data_csv=task.data_csv, sandbox=sandbox,
+        tmp = sb.private_dir("task")
+        t0 = time.perf_counter()
+        image = None
+        try:
+            outcome = executors.run(task.language, code, tmp, data_csv=task.data_csv, sandbox=sandbox,
                                     timeout_s=timeout_s, warm=warm_pool)
-            exec_s = time.perf_counter() - t0
-            image = None
             if outcome.image is not None and Path(outcome.image).is_file():
                 image = out_dir / "images" / task.language / f"{task.id}_r{rnd}.png"
                 image.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(outcome.image, image)
+        except Exception as e:  # ours, not the program's: this task's infra error, and the run goes on
+            outcome = SimpleNamespace(status=INFRA, error=f"vc2 failed on this task: {type(e).__name__}: {e}",
+                                      sandbox=sandbox)
+            image = None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        exec_s = time.perf_counter() - t0
         row = {"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
                "outcome": outcome.status, "error": outcome.error or "", "code": code, "answer": answer.text,
                "stop": answer.stop, "prompt_tokens": answer.prompt_tokens, "new_tokens": answer.new_tokens,
