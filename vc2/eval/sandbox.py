@@ -302,14 +302,14 @@ def _cgroup_roots():
 
 
 def _rmdir_cgroup(d):
-    for _ in range(50):
+    for i in range(200):
         try:
             d.rmdir()
             return
         except FileNotFoundError:
             return
-        except OSError:  # EBUSY: a process has not been reaped yet
-            time.sleep(0.02)
+        except OSError:  # EBUSY: the last process is exiting; that takes a few ms
+            time.sleep(0.001 if i < 50 else 0.02)
 
 
 class Cgroup:
