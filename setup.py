@@ -29,5 +29,9 @@ setup(
         # the embedded SmolLM2 demo model is converted from a GGUF file
         "demo": ["gguf==0.19.0"],
         "data": ["pyarrow>=14"],
+        # the offline visual-fidelity score (vc2/eval/fidelity.py); the versions its figures were measured with
+        "eval": ["scikit-image==0.26.0", "ImageHash==4.3.2", "scipy==1.17.1"],
+        # API models as the answer source, and the judge (vc2/eval/api.py, vc2/eval/judge.py)
+        "api": ["openai==3.51.0"],
     },
 )

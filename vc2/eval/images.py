@@ -1,7 +1,10 @@
-"""Image checks on rendered PNGs: is it blank?
+"""Image checks on rendered PNGs: is it blank? And the background/ink rule that decides it.
 
     from vc2.eval.images import blank_reason
     blank_reason("out.png")   # None if something is drawn, else a short reason ("only 3 ink pixels")
+
+The same rule (load_rgb, background, ink_mask, enough_ink) is what vc2/eval/fidelity.py crops to and
+scores 0 on, so "blank" means one thing everywhere.
 
 The rule is a tolerance-based ink count, not VisPlotBench's "dominant colour >= 98%" test: that one
 rejects real sparse plots (a thin line, an A4 LilyPond page, plotly.js) and misses a faint gradient or
@@ -28,7 +31,8 @@ MIN_INK_PX = 20
 MIN_INK_FRAC = 0.0002
 
 
-def _load(path):
+def load_rgb(path):
+    """The image composited onto white as RGB, or None when it is fully transparent."""
     img = Image.open(path)
     img.load()
     if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
@@ -40,10 +44,29 @@ def _load(path):
     return img.convert("RGB")
 
 
+def background(a):
+    """The most common colour on the 1-px border of an (H, W, 3) int array."""
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return Counter(map(tuple, border.tolist())).most_common(1)[0][0]
+
+
+def ink_mask(a, bg=None):
+    """(H, W) bool: pixels whose largest channel differs from the background by more than INK_DELTA."""
+    a = np.asarray(a, dtype=np.int16)
+    bg = background(a) if bg is None else bg
+    return np.abs(a - np.array(bg, dtype=np.int16)).max(axis=2) > INK_DELTA
+
+
+def enough_ink(n_ink, n_pixels):
+    """(is it a picture, the ink pixels it needs) for n_ink ink pixels among n_pixels."""
+    need = max(MIN_INK_PX, MIN_INK_FRAC * n_pixels)
+    return n_ink >= need, need
+
+
 def blank_reason(path):
     """None when the image shows something; otherwise a short human-readable reason."""
     try:
-        img = _load(path)
+        img = load_rgb(path)
     except Exception as e:  # truncated or not an image at all: blank for our purposes
         return f"unreadable image ({type(e).__name__}: {e})"
     if img is None:
@@ -53,11 +76,9 @@ def blank_reason(path):
         return f"tiny image ({w}x{h})"
     img.thumbnail((512, 512), Image.BOX)
     a = np.asarray(img, dtype=np.int16)
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    bg = Counter(map(tuple, border.tolist())).most_common(1)[0][0]
-    ink = int((np.abs(a - np.array(bg, dtype=np.int16)).max(axis=2) > INK_DELTA).sum())
-    need = max(MIN_INK_PX, MIN_INK_FRAC * a.shape[0] * a.shape[1])
-    if ink < need:
+    ink = int(ink_mask(a).sum())
+    ok, need = enough_ink(ink, a.shape[0] * a.shape[1])
+    if not ok:
         return f"only {ink} ink pixels (need {need:.0f}) on a {w}x{h} image"
     return None
 
