@@ -94,19 +94,23 @@ def pick_tokens(logits, temperature, generator):
 
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k=None, repetition_penalty=None,
-             stop_ids=None, seed=None, vocab_size=None, callback=None, compile=False):
+             stop_ids=None, seed=None, vocab_size=None, callback=None, compile=False, on_done=None):
     """Generate continuations of a batch of prompts (lists of token ids, any lengths).
 
-    Returns one list of new token ids per prompt (the stop token excluded). Sampling settings left as
+    Returns one list of new token ids per prompt (the stop token excluded). max_new_tokens is one budget
+    for every row, or a list with one per prompt (e.g. capped by the model's context). Sampling settings left as
     None come from the model's generation_config.json (when it has do_sample true), else greedy;
     stop_ids None -> the config's eos ids. vocab_size: real tokenizer size (defaults to
     model.n_real_tokens when the checkpoint had a tokenizer). callback(row_index, token_id) is called
-    for every token as it is produced (streaming); rows are indices into `prompts`.
+    for every token as it is produced (streaming); rows are indices into `prompts`. on_done(row_index, reason)
+    is called once per row when it ends, reason "eos" (a stop id) or "budget" (its max_new_tokens).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts) or min(budgets) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 (one int, or one per prompt), got {max_new_tokens}")
+    max_new_tokens = max(budgets)
     cfg = model.config
     gen_cfg = getattr(model, "generation_config", None) or {}
     defaults = {k: gen_cfg.get(k, v) for k, v in GREEDY.items()} if gen_cfg.get("do_sample") else dict(GREEDY)
@@ -170,25 +174,35 @@ def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k
 
     # --- decode loop
     out = [[] for _ in range(B)]
+    ended = set()  # rows whose end was reported (the static path keeps decoding them)
     rows = torch.arange(B, device=device)  # original index of each live row
     done = torch.zeros(B, dtype=torch.bool, device=device)  # only used by the static (compiled) path
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    budget = torch.tensor(budgets, device=device)  # (B,) per-row budgets, dropped with their rows
     for step in range(max_new_tokens):
         logits = process_logits(logits, seen, temperature, top_p, top_k, repetition_penalty, vocab_size)
         tok = pick_tokens(logits, temperature, generator)  # (B_live,)
-        finished = torch.isin(tok, stop) | done
-        for r, t, f in zip(rows.tolist(), tok.tolist(), finished.tolist()):
-            if not f:
+        at_stop = torch.isin(tok, stop)
+        finished = at_stop | done | (budget <= step + 1)  # a row's last budgeted token ends it
+        for r, t, s_, f in zip(rows.tolist(), tok.tolist(), at_stop.tolist(), finished.tolist()):
+            if r in ended:
+                continue
+            if not s_:
                 out[r].append(t)
                 if callback is not None:
                     callback(r, t)
+            if f:
+                ended.add(r)
+                if on_done is not None:
+                    on_done(r, "eos" if s_ else "budget")
         if step == max_new_tokens - 1 or finished.all():
             break
         if compile:
             done = finished  # static shapes: finished rows keep decoding, their tokens are ignored
         elif finished.any():  # drop finished rows from every tensor and the cache
             keep = (~finished).nonzero().squeeze(-1)
-            rows, tok, next_pos, seen, valid, done = (t[keep] for t in (rows, tok, next_pos, seen, valid, done))
+            rows, tok, next_pos, seen, valid, done, budget = (
+                t[keep] for t in (rows, tok, next_pos, seen, valid, done, budget))
             cache.keep_rows(keep)
         if repetition_penalty != 1.0:
             seen[torch.arange(len(tok), device=device), tok] = True
