@@ -1,7 +1,7 @@
 """The offline fidelity score (vc2/eval/fidelity.py) on pictures drawn here at random, its CLI, and the
 shipped graded pair set (bench/fidelity_pairs): what must score ~1, what must fall, what must be 0.
 
-Run: python -m pytest tests/eval/test_fidelity.py      # ~10 s
+Run: python -m pytest tests/eval/test_fidelity.py      # ~8 s
 """
 import json
 import subprocess
@@ -96,13 +96,11 @@ def test_blank_rule_is_the_blank_checks(tmp_path):
     assert images.blank_reason(p) is None and fidelity.score(ref, p)["score"] > 0
 
 
-def test_cli_single_pair_and_pairs_file(tmp_path):
+def test_cli_single_pair_and_pairs_file(tmp_path, capsys):
     rng = np.random.default_rng()
     a = save(chart(rng)[0], tmp_path / "a.png")
     b = save(chart(rng)[0], tmp_path / "b.png")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "vc2.eval.fidelity", *map(str, args)],  # noqa: E731
-                                       capture_output=True, text=True, cwd=ROOT)
-    r = run(a, b)
+    r = subprocess.run([sys.executable, "-m", "vc2.eval.fidelity", str(a), str(b)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     expect = fidelity.score(a, b)
     assert r.stdout.splitlines()[0] == f"score {expect['score']:.4f}" and "edges" in r.stdout
@@ -110,15 +108,16 @@ def test_cli_single_pair_and_pairs_file(tmp_path):
     pairs.parent.mkdir()
     pairs.write_text(json.dumps({"ref": "../a.png", "cand": "../b.png", "tag": 7}) + "\n\n"
                      + json.dumps({"ref": "../a.png", "cand": "../a.png"}) + "\n")
-    r = run("--pairs", pairs)
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert fidelity.main(["--pairs", str(pairs)]) == 0
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [row["score"] for row in rows] == [expect["score"], 1.0] and rows[0]["tag"] == 7
     pairs.write_text(json.dumps({"ref": "../a.png"}) + "\n")
-    r = run("--pairs", pairs)
-    assert r.returncode == 2 and "pairs.jsonl:1: field 'cand'" in r.stderr and "Traceback" not in r.stderr
-    r = run(a, tmp_path / "missing.png")
-    assert r.returncode == 2 and "missing.png: no such file" in r.stderr
+    for argv, message in ((["--pairs", str(pairs)], "pairs.jsonl:1: field 'cand'"),
+                          ([str(a), str(tmp_path / "missing.png")], "missing.png: no such file")):
+        with pytest.raises(SystemExit) as e:
+            fidelity.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err
 
 
 def test_shipped_pair_set_is_complete_and_ranks_its_first_reference():
