@@ -1,6 +1,11 @@
 """Install vc2: `pip install torch==2.13.0 -e ".[test]"` (CPU) -- see README.md for GPU machines."""
 from setuptools import find_packages, setup
 
+# the offline visual-fidelity score (vc2/eval/fidelity.py), at the versions its figures were measured with
+EVAL = ["scikit-image==0.26.0", "ImageHash==4.3.2", "scipy==1.17.1"]
+# API models as the answer source, and the judge (vc2/eval/api.py, vc2/eval/judge.py)
+API = ["openai==3.51.0"]
+
 setup(
     name="vc2",
     version="0.1.0",
@@ -23,11 +28,14 @@ setup(
         # transformers is a test-only *reference*: vc2 never imports it at run time.
         "test": ["pytest>=8", "transformers==5.24.0", "jinja2", "gguf==0.19.0",
                  "accelerate==1.15.0",  # transformers' own GGUF loader (the converter's reference) needs it
-                 "pyarrow==26.0.1"],    # parquet task/data files are tested too
+                 "pyarrow==26.0.1",     # parquet task/data files are tested too
+                 *EVAL, *API],          # the fidelity score, the API client and the judge are tested too
         # GPU only; has no wheels and needs a CUDA torch already installed (README).
         "gpu": ["flash-attn>=2.6; sys_platform == 'linux'"],
         # the embedded SmolLM2 demo model is converted from a GGUF file
         "demo": ["gguf==0.19.0"],
         "data": ["pyarrow>=14"],
+        "eval": EVAL,
+        "api": API,
     },
 )

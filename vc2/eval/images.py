@@ -8,15 +8,18 @@ Every host-side decode of a program's output goes through open_rgb: the file is 
 may be truncated, not an image, or a decompression bomb. Images over MAX_PIXELS are refused before
 decoding (the renderers cap honest large figures at render time, well below it).
 
+The same rule (open_rgb, background, ink_mask, enough_ink) is what vc2/eval/fidelity.py crops to and
+scores 0 on, so "blank" means one thing everywhere.
+
 The rule is a tolerance-based ink count, not VisPlotBench's "dominant colour >= 98%" test: that one
 rejects real sparse plots (a thin line, an A4 LilyPond page, plotly.js) and misses a faint gradient or
 noise, whose dominant colour is split across near-identical shades. Steps:
 1. decode; fewer than 8 px on a side is blank; fully transparent is blank; else composite onto white
    (matplotlib transparent=True, rsvg and R produce transparent PNGs);
 2. shrink to at most 512 px (box filter) -- 1 to 60 ms per image;
-3. background = the most common colour of the image; "ink" = pixels whose largest channel differs
-   from it by more than 24/255, counted away from the edges (a margin of 1 % of the side, >= 2 px),
-   so a frame alone, or a one-pixel border of another colour, is no drawing;
+3. background = the most common colour of the outer band (3 % of the side, >= 4 px); "ink" = pixels
+   whose largest channel differs from it by more than 24/255, counted away from the edges (a margin
+   of 1 % of the side, >= 2 px), so a frame alone, or a one-pixel border of another colour, is no drawing;
 4. blank if ink < max(20 px, 0.02 % of the pixels). (This also covers "a single colour at 16 levels
    per channel", a test this module used to run as well at up to 0.4 CPU-s per image: pixels sharing
    one 16-level bucket differ by at most 15 per channel, so none of them is ink against the
@@ -70,13 +73,28 @@ def open_rgb(path):
 
 
 def background(a):
-    """The most common colour of an (H, W, 3) uint8 array: the paper the picture is drawn on. Counted on
-    every 4th pixel each way (a near tie between two colours leaves plenty of ink either way), with
-    RGB packed into one int: np.unique(axis=0) on every pixel costs up to 0.4 CPU-s an image."""
-    s = a[::4, ::4].reshape(-1, 3).astype(np.int32)
-    values, counts = np.unique((s[:, 0] << 16) | (s[:, 1] << 8) | s[:, 2], return_counts=True)
+    """The paper an (H, W, 3) uint8 picture is drawn on: the commonest colour of its outer band (3 % of
+    the side, at least 4 px deep). A band, not the 1-px border, so that a thin frame of another colour
+    is outvoted by the paper inside it; not the whole image, where a big bar can outnumber the paper.
+    RGB is packed into one int for the count (np.unique(axis=0) costs up to 0.4 CPU-s an image)."""
+    h, w = a.shape[:2]
+    d = max(4, round(0.03 * min(h, w)))
+    band = np.concatenate([a[:d].reshape(-1, 3), a[-d:].reshape(-1, 3), a[:, :d].reshape(-1, 3),
+                           a[:, -d:].reshape(-1, 3)]).astype(np.int32)
+    values, counts = np.unique((band[:, 0] << 16) | (band[:, 1] << 8) | band[:, 2], return_counts=True)
     v = int(values[counts.argmax()])
     return np.array([v >> 16, (v >> 8) & 255, v & 255])
+
+
+def load_rgb(path):
+    """open_rgb under the name fidelity.py uses."""
+    return open_rgb(path)
+
+
+def enough_ink(n_ink, n_pixels):
+    """(is it a picture, the ink pixels it needs) for n_ink ink pixels among n_pixels."""
+    need = max(MIN_INK_PX, MIN_INK_FRAC * n_pixels)
+    return n_ink >= need, need
 
 
 def ink_mask(a, bg=None):
@@ -100,8 +118,8 @@ def blank_reason(path):
     img.thumbnail((512, 512), Image.BOX)
     a = np.asarray(img)
     ink = int(ink_mask(a).sum())
-    need = max(MIN_INK_PX, MIN_INK_FRAC * a.shape[0] * a.shape[1])
-    if ink < need:
+    ok, need = enough_ink(ink, a.shape[0] * a.shape[1])
+    if not ok:
         return f"only {ink} ink pixels (need {need:.0f}) on a {w}x{h} image"
     return None
 

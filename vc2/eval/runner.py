@@ -5,8 +5,14 @@
 
 Round 0 asks every task once; each later round (up to --rounds) asks again only the tasks whose latest
 attempt failed, with the error fed back as a new user turn. The conversation keeps every attempt once
-(the original harness duplicated earlier turns). Infra errors (a missing renderer, a broken sandbox)
-are not the model's failure: they are not retried, not counted in pass rates, and reported loudly.
+(the original harness duplicated earlier turns). Infra errors (a missing renderer, a broken sandbox,
+an API request that failed after its retries) are not the model's failure: they are not self-debugged,
+not counted in that round's pass rate, reported loudly, and tried again by --resume.
+
+Every attempt with an image gets its offline fidelity score against the task's reference image
+(vc2/eval/fidelity.py; an attempt without an image scores 0). With a judge (vc2/eval/judge.py), every
+passing attempt is then judged (vis and task scores) in a last pass over results.jsonl, which
+appends the judged row; a later row for the same attempt supersedes the earlier one.
 
 Every attempt is appended to OUT/results.jsonl as soon as it has run, so a killed run continues with
 --resume and redoes nothing already recorded: the conversation of a task is rebuilt from its rows.
@@ -26,8 +32,9 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from vc2.eval import executors, prompts
+from vc2.eval import executors, fidelity, prompts
 from vc2.eval import sandbox as sb
+from vc2.eval.api import InfraFailure
 from vc2.eval.report import write_reports
 from vc2.eval.warm import WarmPool
 
@@ -41,6 +48,7 @@ INFRA = "infra_error"
 # up to 5,000 new tokens, stop at the model's eos ids. (Its OpenAI engine uses 3,000 tokens.)
 PROTOCOL_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
 PROTOCOL_MAX_NEW_TOKENS = 5000
+PROTOCOL_API_MAX_NEW_TOKENS = 3000  # its budget for API models (the OpenAI engine's max_tokens)
 
 
 @dataclass
@@ -279,11 +287,12 @@ def check_resume(path: Path, identity: dict, force: bool):
 
 
 def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume=False, seed=0, timeout_s=None,
-             warm=True, generation=None, force=False):
+             warm=True, generation=None, force=False, judge=None, judge_concurrency=4):
     """Run the benchmark; returns the summary dict (also written to OUT/summary.json).
 
     generation: the generation settings in force (recorded in run.json, summary.json and report.md, and
-    checked on --resume; --force resumes despite a difference)."""
+    checked on --resume; --force resumes despite a difference).
+    judge: a vc2.eval.judge.Judge; every passing attempt is judged, judge_concurrency at a time."""
     out_dir = Path(out_dir)
     results_path = out_dir / "results.jsonl"
     if results_path.exists() and not resume:
@@ -295,10 +304,21 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
     done = read_results(results_path)
     if done:
         print(f"resuming: {len(done)} attempts already in {results_path}")
+        retry = [k for k, row in done.items() if row["outcome"] == INFRA]
+        if retry:  # infra errors are not the model's answer: ask and run those attempts again
+            print(f"resuming: retrying {len(retry)} attempt(s) that ended in an infra error")
+            for k in retry:
+                del done[k]
     stale = sb.clean_stale()  # left by killed runs; live runs' and ranks' dirs are not touched
     if stale:
         print(f"removed {stale} temporary dir(s) of killed vc2 runs")
     sb.hide(out_dir)  # other tasks' images and answers are never visible to a sandboxed program
+    try:
+        fidelity._libs()
+        score_images = True
+    except ImportError as e:
+        print(f"fidelity scores off: {e}")
+        score_images = False
     lock = threading.Lock()
     warm_pool = None
     if warm:
@@ -310,7 +330,18 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             print(f"warm workers off: {warm_pool.why_cold}")
     results_file = open(results_path, "a")
 
+    def record(row):
+        with lock:
+            results_file.write(json.dumps(row) + "\n")
+            results_file.flush()
+            done[(row["key"], row["round"])] = row
+        return row
+
     def run_one(task, rnd, answer: Answer, gen_s):
+        if isinstance(answer, InfraFailure):  # the answer source failed (an API request, after its retries)
+            return record({"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
+                           "outcome": INFRA, "error": f"answer source: {answer.message}", "code": "", "answer": "",
+                           "image": None, "fidelity": None, "gen_s": round(gen_s, 3), "exec_s": 0.0})
         code = prompts.extract_code(task.language, answer.text)
         tmp = sb.private_dir("task")
         t0 = time.perf_counter()
@@ -334,11 +365,18 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                "stop": answer.stop, "prompt_tokens": answer.prompt_tokens, "new_tokens": answer.new_tokens,
                "image": str(image.relative_to(out_dir)) if image else None, "sandbox": outcome.sandbox,
                "gen_s": round(gen_s, 3), "exec_s": round(exec_s, 3)}
-        with lock:
-            results_file.write(json.dumps(row) + "\n")
-            results_file.flush()
-            done[(row["key"], rnd)] = row
-        return row
+        row["fidelity"], row["fidelity_parts"] = None, None
+        ref = getattr(task, "reference_image", None)
+        if score_images and outcome.status != INFRA and ref and Path(ref).is_file():
+            if image is None:
+                row["fidelity"] = 0.0  # nothing drawn: as far from the reference as a blank image
+            else:
+                try:
+                    parts = fidelity.score(ref, image)
+                    row["fidelity"], row["fidelity_parts"] = parts.pop("score"), parts
+                except Exception as e:  # a score we could not compute is missing, never a crash or a 0
+                    row["fidelity_error"] = f"{type(e).__name__}: {e}"[:300]
+        return record(row)
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -378,8 +416,9 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                     for task, answer in zip(batch, answers):
                         if answer is None:
                             raise ValueError(f"no answer for task {task_key(task)} in {source.name}")
-                        f = pool.submit(run_one, task, rnd, answer if isinstance(answer, Answer) else Answer(answer),
-                                        gen_s)
+                        if not isinstance(answer, (Answer, InfraFailure)):
+                            answer = Answer(answer)
+                        f = pool.submit(run_one, task, rnd, answer, gen_s)
                         f.add_done_callback(lambda _: bar.update(1))
                         futures.append(f)
                 if gen_bar:
@@ -390,6 +429,8 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 for f in futures:
                     f.result()  # re-raise any bug in the worker
                 bar.close()
+        if judge is not None:
+            judge_all(judge, tasks, done, out_dir, record, judge_concurrency)
     finally:
         results_file.close()
         if warm_pool:
@@ -400,7 +441,36 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
               f"{warm_pool.stats['failed'][0][:300]}")
     return write_reports(tasks, read_results(results_path), out_dir, rounds, meta={
         "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
-        "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off"})
+        "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off",
+        "fidelity": "vc2.eval.fidelity" if score_images else "off (scikit-image/ImageHash missing)",
+        "judge": None if judge is None else {"model": judge.name, "base_url": judge.client.base_url,
+                                             "stats": dict(judge.client.stats)},
+        "api": dict(source.client.stats) if hasattr(source, "client") else None})
+
+
+def judge_all(judge, tasks, done, out_dir, record, concurrency):
+    """Judge every passing attempt that has no judge scores yet (or whose call failed last time), and
+    append its row again with them. Unscored answers keep their status ("error", "unparsed") and no score."""
+    by_key = {task_key(t): t for t in tasks}
+
+    def needs(row):
+        j = row.get("judge")
+        return (row["outcome"] == "pass" and row.get("image") and row["key"] in by_key
+                and (j is None or any(j.get(k, {}).get("status") == "error" for k in ("vis", "task"))))
+
+    rows = [row for row in done.values() if needs(row)]
+    if not rows:
+        return
+
+    def one(row):
+        task, image = by_key[row["key"]], out_dir / row["image"]
+        ref = getattr(task, "reference_image", None)
+        vis = (judge.vis(image, ref) if ref and Path(ref).is_file()
+               else {"score": None, "status": "no_reference", "detail": "the task has no reference image"})
+        return record({**row, "judge": {"model": judge.name, "vis": vis, "task": judge.task(image, task)}})
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(tqdm(pool.map(one, rows), total=len(rows), desc="judge", unit="attempt", dynamic_ncols=True))
 
 
 class _Offset:
