@@ -64,7 +64,9 @@ def open_rgb(path):
     except Exception as e:  # truncated, not an image, a bomb: the program's output, not our failure
         raise UnusableImage(f"cannot decode ({type(e).__name__}: {str(e)[:200]})") from None
     if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
+        with warnings.catch_warnings():  # "palette images with transparency ... should be converted": we do
+            warnings.simplefilter("ignore", UserWarning)
+            rgba = img.convert("RGBA")
         if rgba.getextrema()[3][1] == 0:
             return None  # fully transparent
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
