@@ -68,7 +68,7 @@ def use(x: torch.Tensor) -> bool:
         return True
     if _mode == "on":
         if not INTERPRET:
-            raise RuntimeError("vc2 kernels forced on for a CPU tensor, but Triton runs on CPU only under its "
+            raise ValueError("vc2 kernels forced on for a CPU tensor, but Triton runs on CPU only under its "
                                "interpreter: set TRITON_INTERPRET=1 before vc2 is imported")
         return True
     return False
