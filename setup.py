@@ -11,7 +11,9 @@ setup(
     version="0.1.0",
     description="Minimal pure-PyTorch VisCoder2: Qwen2.5-Coder model, SFT trainer, sampler, VisPlotBench evaluation",
     python_requires=">=3.10",
-    packages=find_packages(include=["vc2", "vc2.*"]),
+    # vc2.kernels is the top-level kernels/ directory, reached through the vc2/kernels symlink (see
+    # kernels/dispatch.py for why it has no top-level import name of its own)
+    packages=find_packages(include=["vc2", "vc2.*"]) + ["vc2.kernels"],
     include_package_data=True,
     package_data={"vc2": ["eval/assets/**/*", "assets/**/*"]},
     install_requires=[
@@ -30,6 +32,9 @@ setup(
                  "accelerate==1.15.0",  # transformers' own GGUF loader (the converter's reference) needs it
                  "pyarrow==26.0.1",     # parquet task/data files are tested too
                  *EVAL, *API],          # the fidelity score, the API client and the judge are tested too
+        # Triton for the CPU tests, which run the kernels under its interpreter: the version torch 2.13
+        # pins. Only for CPU machines: a CUDA torch brings its own triton, which this pin would replace.
+        "cpu-triton": ["triton==3.7.1"],
         # GPU only; has no wheels and needs a CUDA torch already installed (README).
         "gpu": ["flash-attn>=2.6; sys_platform == 'linux'"],
         # the embedded SmolLM2 demo model is converted from a GGUF file

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from vc2.config import ModelConfig
+from vc2.kernels import dispatch as kernels  # Triton kernels, used on CUDA when available (kernels/dispatch.py)
 
 # Optional GPU attention kernels. Both are CUDA-only; on CPU we use SDPA (see `attention`).
 try:
@@ -46,6 +47,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if kernels.use(x):
+            return kernels.rms_norm(x, self.weight, self.eps)
         if x.dtype == self.weight.dtype == torch.float32:  # one fused op (same values as the HF order in fp32)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # HF order: normalise in fp32, cast back, *then* scale. Scaling before the cast rounds differently.
@@ -70,6 +73,8 @@ def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
 
 def apply_rope(x, cos, sin):
     """x (B, T, n, hd); cos/sin (B, T, 1, hd). Rotate-half: pairs are (i, i + hd/2), not interleaved."""
+    if kernels.use(x):
+        return kernels.apply_rope(x, cos, sin)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -167,7 +172,10 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        if kernels.use(gate_up):
+            return self.down(kernels.swiglu(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)  # SwiGLU
 
 
@@ -257,7 +265,10 @@ def chunked_cross_entropy(hidden, weight, labels, chunk: int):
     """Sum of CE(hidden @ weight.T, labels) over labels != -100, computing logits for supervised positions
     only (the head is most of the FLOPs of a small model with a 152K vocabulary). Each chunk's logits are recomputed in
     backward (activation checkpointing) rather than kept, so at 16K tokens x 152K vocab we hold ~0.6 GB
-    of fp32 logits per 1K-token chunk instead of ~10 GB (plus as much again for their gradient)."""
+    of fp32 logits per 1K-token chunk instead of ~10 GB (plus as much again for their gradient).
+    With kernels on, the fused Triton version runs instead (kernels/cross_entropy.py)."""
+    if kernels.use(hidden):
+        return kernels.linear_cross_entropy(hidden, weight, labels, chunk)
     y = labels.reshape(-1)                    # (N,)
     keep = (y != -100).nonzero().squeeze(-1)  # only supervised positions need logits at all: in SFT the
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)  # prompts are often half the tokens

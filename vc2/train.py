@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import vc2
 from vc2.data import IGNORE, load_conversations, pack, shard, tokenize
+from vc2.kernels import dispatch as kernels
 
 DEFAULT_DATA = Path(__file__).parent / "assets" / "train_sample.jsonl"
 
@@ -66,6 +67,9 @@ def parse_args(argv=None):
                    help="recompute each block in backward to save activation memory")
     p.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm, 0 = off (default: %(default)s)")
     p.add_argument("--loss-chunk", type=int, default=4096, help="tokens per cross-entropy chunk (default: %(default)s)")
+    p.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="Triton kernels for RMSNorm, RoPE, SwiGLU and the fused linear cross-entropy "
+                        "(default: on when CUDA and Triton are available; --kernels on CPU needs TRITON_INTERPRET=1)")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps, 0 = only at epoch ends (default)")
     p.add_argument("--keep", type=int, default=2, help="complete checkpoints kept (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -142,6 +146,10 @@ def train(args):
     model = vc2.load_model(model_dir, dtype=torch.float32, device=device)
     model.train()
     cfg = model.config
+    if args.kernels is not None:
+        kernels.set_mode("on" if args.kernels else "off")
+    log(f"kernels: {'Triton' if kernels.use(torch.empty(0, device=device)) else 'PyTorch'} "
+        f"(mode {kernels.get_mode()}, Triton {'found' if kernels.AVAILABLE else 'not installed'})")
     compute_dtype = getattr(torch, args.dtype)
     if args.activation_checkpointing:
         apply_activation_checkpointing(model)
