@@ -85,3 +85,13 @@ def test_drivers_cap_renders_at_the_same_size():
     for name in ("py_driver.py", "browser_driver.py"):
         text = (Path(images.__file__).parent / "executors" / name).read_text()
         assert int(re.search(r"^MAX_RENDER_PIXELS = ([\d_]+)", text, re.M).group(1)) == images.MAX_RENDER_PIXELS, name
+
+
+def test_a_filled_shape_cropped_to_its_outline_is_a_drawing(tmp_path):
+    """Asymptote and standalone TikZ crop to the picture: one filled square with a black outline fills
+    the whole image. That is a drawing; a plain fill with no outline, white or not, is not."""
+    img = np.full((120, 120, 3), (173, 216, 230))
+    assert blank_reason(save(tmp_path, img))                 # one colour: blank
+    img[:2], img[-2:], img[:, :2], img[:, -2:] = 0, 0, 0, 0
+    assert blank_reason(save(tmp_path, img)) is None          # the same with an outline: a square
+    assert blank_reason(save(tmp_path, np.zeros((100, 100, 3))))  # all black: blank

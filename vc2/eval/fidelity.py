@@ -11,7 +11,7 @@ to replace a judge: it answers "does this look like the reference picture?", not
 
 1. Normalise each image, so that what does not change the picture does not change the score (size,
    DPI, margins, transparent vs white background):
-   alpha onto white; background = the commonest 1-px border colour, content = a channel difference
+   alpha onto white; background = the commonest colour of the outer band, content = a channel difference
    > 24/255 from it (the blank check's rule, shared: vc2/eval/images.py); a blank image (that same
    check) scores 0 whatever the other side is; crop to the content box, paint non-content pixels
    white, pad by 2 %, stretch to 256x256 ignoring the aspect ratio (stretching ranked pairs better
@@ -87,7 +87,7 @@ def prepare(path) -> Prepared:
     if why:
         return Prepared(blank=why)
     a = np.asarray(images.load_rgb(path), dtype=np.uint8).copy()  # (H, W, 3)
-    mask = images.ink_mask(a)                                        # (H, W) bool
+    mask, _ = images.content_mask(a)                                 # (H, W) bool
     ys, xs = np.nonzero(mask)
     if not len(ys):  # ink in the thumbnail the blank check saw, none at full size (a faint speck)
         return Prepared(blank="no ink at full size")

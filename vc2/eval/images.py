@@ -8,8 +8,8 @@ Every host-side decode of a program's output goes through open_rgb: the file is 
 may be truncated, not an image, or a decompression bomb. Images over MAX_PIXELS are refused before
 decoding (the renderers cap honest large figures at render time, well below it).
 
-The same rule (open_rgb, background, ink_mask, enough_ink) is what vc2/eval/fidelity.py crops to and
-scores 0 on, so "blank" means one thing everywhere.
+The same rule (open_rgb, content_mask) is what vc2/eval/fidelity.py crops to and scores 0 on, so
+"blank" means one thing everywhere.
 
 The rule is a tolerance-based ink count, not VisPlotBench's "dominant colour >= 98%" test: that one
 rejects real sparse plots (a thin line, an A4 LilyPond page, plotly.js) and misses a faint gradient or
@@ -20,7 +20,8 @@ noise, whose dominant colour is split across near-identical shades. Steps:
 3. background = the most common colour of the outer band (3 % of the side, >= 4 px); "ink" = pixels
    whose largest channel differs from it by more than 24/255, counted away from the edges (a margin
    of 1 % of the side, >= 2 px), so a frame alone, or a one-pixel border of another colour, is no drawing;
-4. blank if ink < max(20 px, 0.02 % of the pixels). (This also covers "a single colour at 16 levels
+4. blank if ink < max(20 px, 0.02 % of the pixels), unless the one colour inside is not white and has
+   an outline of its own: a filled shape that the renderer cropped to (content_mask). (This also covers "a single colour at 16 levels
    per channel", a test this module used to run as well at up to 0.4 CPU-s per image: pixels sharing
    one 16-level bucket differ by at most 15 per channel, so none of them is ink against the
    background, itself one of those pixels.)
@@ -99,13 +100,35 @@ def enough_ink(n_ink, n_pixels):
     return n_ink >= need, need
 
 
-def ink_mask(a, bg=None):
-    """Bool (H, W): pixels that differ from the background by more than INK_DELTA, edges excluded."""
+def ink_mask(a, bg=None, edges=False):
+    """Bool (H, W): pixels that differ from the background by more than INK_DELTA; the image's edges
+    (a margin of 1 % of the side, >= 2 px) count as no ink unless edges=True."""
     bg = background(a) if bg is None else bg
     ink = np.abs(a.astype(np.int16) - np.asarray(bg, dtype=np.int16)).max(axis=2) > INK_DELTA
-    m = max(2, round(0.01 * min(a.shape[:2])))
-    ink[:m], ink[-m:], ink[:, :m], ink[:, -m:] = False, False, False, False
+    if not edges:
+        m = max(2, round(0.01 * min(a.shape[:2])))
+        ink[:m], ink[-m:], ink[:, :m], ink[:, -m:] = False, False, False, False
     return ink
+
+
+def content_mask(a):
+    """(mask, why_blank) for an (H, W, 3) uint8 picture: what is drawn, or an empty mask and the reason.
+
+    Ink is what differs from the paper (background()), away from the edges. When there is none, the
+    image is one colour inside: blank if that colour is white-ish paper (whatever frame surrounds it)
+    or if the edges are that colour too (a plain fill); a shape of another colour filling the picture
+    to an outline of its own (Asymptote and TikZ crop to the drawing) is content: all of it."""
+    bg = background(a)
+    ink = ink_mask(a, bg)
+    n = a.shape[0] * a.shape[1]
+    ok, need = enough_ink(int(ink.sum()), n)
+    if ok:
+        return ink, None
+    paper_is_white = bool((np.asarray(bg) >= 255 - INK_DELTA).all())
+    outline = ink_mask(a, bg, edges=True)
+    if paper_is_white or not enough_ink(int(outline.sum()), n)[0]:
+        return ink, f"only {int(ink.sum())} ink pixels (need {need:.0f})"
+    return np.ones(a.shape[:2], dtype=bool), None
 
 
 def blank_reason(path):
@@ -118,12 +141,8 @@ def blank_reason(path):
     if min(w, h) < 8:
         return f"tiny image ({w}x{h})"
     img.thumbnail((512, 512), Image.BOX)
-    a = np.asarray(img)
-    ink = int(ink_mask(a).sum())
-    ok, need = enough_ink(ink, a.shape[0] * a.shape[1])
-    if not ok:
-        return f"only {ink} ink pixels (need {need:.0f}) on a {w}x{h} image"
-    return None
+    _, why = content_mask(np.asarray(img))
+    return f"{why} on a {w}x{h} image" if why else None
 
 
 def is_blank(path):
