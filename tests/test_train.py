@@ -13,7 +13,7 @@ import torch
 
 import vc2
 from vc2.config import PRESETS
-from vc2.data import IGNORE, load_conversations, pack, shard, tokenize
+from vc2.data import IGNORE, load_conversations, pack, tokenize
 from vc2.model import Transformer
 from vc2.train import main as train_main
 
@@ -46,10 +46,13 @@ def run_env(tmp_path_factory, tokenizer_dir):
     return root
 
 
+RUN_ARGS = ["--preset", "cpu-demo", "--lr", "3e-3", "--max-length", "256", "--max-steps", "6", "--no-export",
+            "--device", "cpu", "--global-batch", "2"]
+
+
 def run(run_env, out, *extra):
     args = ["--model", str(run_env / "model"), "--data", str(run_env / "data.jsonl"), "--out", str(out),
-            "--preset", "cpu-demo", "--lr", "3e-3", "--max-length", "256", "--max-steps", "6", "--no-export",
-            "--device", "cpu", *extra]
+            "--data-cache", str(run_env / "cache"), *RUN_ARGS, *extra]
     train_main(args)
     return [json.loads(l)["loss"] for l in (Path(out) / "log.jsonl").read_text().splitlines()]
 
@@ -106,8 +109,6 @@ def test_packing_drops_too_long_and_is_deterministic(tokenizer_dir):
     assert any(not torch.equal(a["input_ids"], c["input_ids"]) for a, c in zip(rows_a, rows_c))
     assert len(rows_a) >= 4 and all(len(r["input_ids"]) <= 2 * limit for r in rows_a)
     assert sum(len(r["input_ids"]) for r in rows_a) == sum(len(d[0]) for d in docs)  # nothing lost
-    a, b = shard(rows_a, 0, 2), shard(rows_a, 1, 2)
-    assert len(a) == len(b) and not {id(r) for r in a} & {id(r) for r in b}
 
 
 # --- loss and gradients -----------------------------------------------------------------------------
@@ -143,8 +144,8 @@ def test_one_row_of_n_equals_n_rows_accumulated(run_env, tmp_path):
         sd = {"model": {k: v.clone() for k, v in model.state_dict().items()}}
         dcp.load(sd, checkpoint_id=str(last / "dcp"))
         return sd["model"]
-    one_row = params_after(tmp_path / "a", "--max-length", "8192", "--grad-accum", "1")
-    many = params_after(tmp_path / "b", "--max-length", "512", "--grad-accum", "64")
+    one_row = params_after(tmp_path / "a", "--max-length", "8192", "--global-batch", "1")
+    many = params_after(tmp_path / "b", "--max-length", "512", "--global-batch", "64")
     for k in one_row:
         torch.testing.assert_close(one_row[k], many[k], rtol=1e-4, atol=2e-6)
 
@@ -172,14 +173,20 @@ def test_resume_reproduces_uninterrupted_run(run_env, tmp_path):
     torch.testing.assert_close(torch.tensor(rest), torch.tensor(full), rtol=1e-5, atol=1e-6)  # log has all 6 steps
 
 
-def test_fsdp_two_processes_match_one(run_env, tmp_path):
-    one = run(run_env, tmp_path / "one", "--grad-accum", "2")
+def torchrun(n, run_env, out, *extra):
+    """run_train.py on n gloo ranks (the same arguments as run())."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            str(ROOT / "run_train.py"), "--model", str(run_env / "model"), "--data", str(run_env / "data.jsonl"),
-           "--out", str(tmp_path / "two"), "--preset", "cpu-demo", "--lr", "3e-3", "--max-length", "256",
-           "--max-steps", "6", "--no-export", "--device", "cpu", "--grad-accum", "1"]
-    subprocess.run(cmd, check=True, env=env, timeout=600, capture_output=True)
+           "--out", str(out), "--data-cache", str(run_env / "cache"), *RUN_ARGS, *extra]
+    p = subprocess.run(cmd, env=env, timeout=600, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return [json.loads(l)["loss"] for l in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def test_fsdp_two_processes_match_one(run_env, tmp_path):
+    one = run(run_env, tmp_path / "one")
+    torchrun(2, run_env, tmp_path / "two")
     two = [json.loads(l)["loss"] for l in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     # 1 process x 2 rows per step == 2 processes x 1 row per step (same rows, same global normalisation)
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-5)
