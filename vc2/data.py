@@ -46,6 +46,7 @@ import heapq
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import time
@@ -424,7 +425,8 @@ def _tokenize_chunk(chunk) -> dict:
     targets[starts] = 0  # a document's first token is nobody's target
     n_sup = np.add.reduceat(targets, starts).astype(np.int32) if len(lengths) else np.zeros(0, np.int32)
     return {"ids": ids, "mask": mask, "lengths": lengths, "n_sup": n_sup, "rows": len(convs), "lines": n_lines,
-            "dropped": len(convs) - len(rendered), "problems": problems}
+            "dropped": len(convs) - len(rendered), "problems": problems,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def _chunk_results(chunks, tokenizer, max_length, workers):
@@ -466,7 +468,7 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
     tmp.mkdir()
     log(f"data: tokenizing {len(files)} file(s), {total_bytes / 2**20:.0f} MiB, with {workers} process(es) into {final}")
     counts = {"rows": 0, "skipped": 0, "dropped_too_long": 0, "docs": 0, "tokens": 0, "supervised": 0}
-    problems, lines_before, current_file = [], 0, None
+    problems, lines_before, current_file, worker_rss = [], 0, None, 0
     out = {name: open(tmp / name, "wb") for name in ("tokens.i32", "mask.u8", "lengths.i32", "n_sup.i32")}
     try:
         bar = tqdm(total=len(chunks), desc="tokenize", unit="chunk", disable=len(chunks) < 4)
@@ -489,6 +491,7 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
             counts["docs"] += len(res["lengths"])
             counts["tokens"] += int(res["lengths"].sum())
             counts["supervised"] += int(res["n_sup"].sum())
+            worker_rss = max(worker_rss, res["peak_rss"])
             bar.update(1)
         bar.close()
     except BaseException:
@@ -498,7 +501,8 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
         raise
     for f in out.values():
         f.close()
-    meta = {**counts, "problems": problems, "key": key, "workers": workers, "build_s": round(time.time() - t0, 2)}
+    meta = {**counts, "problems": problems, "key": key, "workers": workers, "build_s": round(time.time() - t0, 2),
+            "worker_peak_rss_gb": round(worker_rss / 2**30, 3)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: a directory without it is incomplete
     try:
         os.rename(tmp, final)

@@ -522,7 +522,7 @@ def train(args):
         dt = time.perf_counter() - t0
         n_tokens = int(row_tokens[global_rows].sum())
         rec = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": float(grad_norm),
-               "tokens": n_tokens, "tok_per_s": n_tokens / dt, "step_s": dt}
+               "tokens": n_tokens, "tok_per_s": n_tokens / dt, "step_s": dt, "time": time.time()}
         if peak:
             flops = train_flops(cfg, n_tokens, n_sup, int(row_sq[global_rows].sum()))
             rec["mfu"] = flops / dt / world / peak
