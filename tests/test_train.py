@@ -337,3 +337,38 @@ def test_memory_plan_warns_when_it_does_not_fit():
     args.cpu_offload = True  # parameters, gradients and optimizer state leave the GPU
     cfg = PRESETS["qwen2.5-coder-32b"]
     assert "WARNING" not in format_plan(memory_plan(cfg, 8, args, fsdp=True), gpu, 8, args, cfg)
+
+
+def test_compile_per_block_shares_one_graph(tokenizer_dir):
+    """apply_compile after activation checkpointing: no graph break (fullgraph), every block reuses the same
+    graph (no per-block recompiles), and loss and gradients equal eager. aot_eager: dynamo and autograd
+    tracing without inductor's code generation, which is what can break when the model changes."""
+    import torch._dynamo
+    from dataclasses import replace
+    from torch._dynamo.utils import counters
+    from vc2.train import apply_activation_checkpointing, apply_compile
+    tok = vc2.load_tokenizer(tokenizer_dir)
+    docs, _ = tokenize([conversation(i) for i in range(6)], tok, 10_000)
+    rows, _ = pack(docs, 300)
+    cfg = replace(PRESETS["debug"], num_hidden_layers=4)
+    results = []
+    for compiled in (False, True):
+        model = Transformer(cfg).init_weights(seed=0)
+        model.set_attention_backend("sdpa_mask")  # the CPU loop backend reads cu_seqlens on the host: a graph break
+        apply_activation_checkpointing(model)
+        if compiled:
+            torch._dynamo.reset()
+            counters.clear()
+            apply_compile(model, fullgraph=True, backend="aot_eager")
+        losses = []
+        for r in rows[:3]:  # three row lengths: one static graph, then one dynamic
+            loss = model(r["input_ids"][None], position_ids=r["position_ids"][None], cu_seqlens=r["cu_seqlens"],
+                         max_seqlen=r["max_seqlen"], labels=r["labels"][None])
+            loss.backward()
+            losses.append(loss.detach())
+        results.append((torch.stack(losses), [p.grad.clone() for p in model.parameters()]))
+    assert len({len(r["input_ids"]) for r in rows[:3]}) > 1
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # not one per block
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -31,7 +31,8 @@ makes a new cache and a second run on the same files starts at once; it lives un
 ~/.cache/vc2/data (or $VC2_DATA_CACHE, or --data-cache), not in the run directory, so a fresh --out
 reuses it. Files: tokens.i32 (all conversations' ids back to back), mask.u8 (1 = supervised target:
 assistant content and its <|im_end|>), lengths.i32 and n_sup.i32 per conversation, meta.json (the key,
-counts, the first malformed rows). tokens and mask are memory-mapped: every rank maps the same pages.
+counts, the first malformed rows). Each rank reads only its own rows' bytes, through the page cache all
+ranks of a node share (see TokenCache).
 One process writes (the trainer: local rank 0 of each node) into a private temporary directory and
 renames it into place when complete; the others wait for that file, not in a collective, so a cold
 tokenize longer than NCCL's 10-minute timeout cannot fail the run. On a filesystem shared between nodes
@@ -279,7 +280,12 @@ def cache_key(files, tokenizer, max_length: int) -> tuple[str, dict]:
 
 
 class TokenCache:
-    """A complete cache directory, opened read-only: memory-mapped tokens and mask, per-document arrays."""
+    """A complete cache directory, opened read-only: per-document arrays in memory, tokens and mask read
+    from their files row by row.
+
+    The token files are read with pread, not memory-mapped: the bytes come from the same shared page cache
+    either way, but a mapping would count every page a rank has ever touched (and the kernel's readahead
+    around it, ~1 GB after 100 rows here) in that rank's RSS, growing through the epochs."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -289,13 +295,18 @@ class TokenCache:
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         n = int(self.lengths.sum())
         assert n == self.meta["tokens"], f"{self.path}: lengths do not add up to meta.json's token count"
-        # np.memmap refuses empty files; a cache with no documents is reported by the caller
-        self.tokens = np.memmap(self.path / "tokens.i32", dtype=np.int32, mode="r") if n else np.zeros(0, np.int32)
-        self.mask = np.memmap(self.path / "mask.u8", dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8)
-        assert len(self.tokens) == len(self.mask) == n, f"{self.path}: truncated token files"
+        for name, itemsize in (("tokens.i32", 4), ("mask.u8", 1)):
+            assert (self.path / name).stat().st_size == n * itemsize, f"{self.path / name}: truncated"
+        self._tokens = os.open(self.path / "tokens.i32", os.O_RDONLY)
+        self._mask = os.open(self.path / "mask.u8", os.O_RDONLY)
 
     def __len__(self):
         return len(self.lengths)
+
+    def __del__(self):
+        for fd in (getattr(self, "_tokens", None), getattr(self, "_mask", None)):
+            if fd is not None:
+                os.close(fd)
 
     @property
     def report(self) -> LoadReport:
@@ -303,11 +314,19 @@ class TokenCache:
         return LoadReport(rows=m["rows"], skipped=m["skipped"], problems=[tuple(p) for p in m["problems"]])
 
     def row(self, docs) -> dict:
-        """The packed row of these documents (indices into the cache), read from the mapped files."""
-        spans = [(int(self.starts[d]), int(self.starts[d] + self.lengths[d])) for d in docs]
-        ids = np.concatenate([self.tokens[s:e] for s, e in spans])
-        mask = np.concatenate([self.mask[s:e] for s, e in spans])
-        return make_row(ids, mask, self.lengths[np.asarray(docs)])
+        """The packed row of these documents (indices into the cache), read from the cache files."""
+        lengths = self.lengths[np.asarray(docs)]
+        ids = np.empty(int(lengths.sum()), dtype=np.int32)
+        mask = np.empty(len(ids), dtype=np.uint8)
+        at = 0
+        for d, n in zip(docs, lengths.tolist()):
+            start = int(self.starts[d])
+            for fd, buf, size in ((self._tokens, ids, 4), (self._mask, mask, 1)):
+                view = memoryview(buf[at:at + n]).cast("B")
+                got = os.preadv(fd, [view], start * size)
+                assert got == n * size, f"{self.path}: short read"
+            at += n
+        return make_row(ids, mask, lengths)
 
 
 def prepare_cache(paths, tokenizer, max_length: int, root=None, writer: bool = True, workers: int | None = None,
@@ -426,7 +445,8 @@ def _tokenize_chunk(chunk) -> dict:
     n_sup = np.add.reduceat(targets, starts).astype(np.int32) if len(lengths) else np.zeros(0, np.int32)
     return {"ids": ids, "mask": mask, "lengths": lengths, "n_sup": n_sup, "rows": len(convs), "lines": n_lines,
             "dropped": len(convs) - len(rendered), "problems": problems,
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "pid": os.getpid(),
+            "cpu_s": time.process_time()}
 
 
 def _chunk_results(chunks, tokenizer, max_length, workers):
@@ -468,7 +488,7 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
     tmp.mkdir()
     log(f"data: tokenizing {len(files)} file(s), {total_bytes / 2**20:.0f} MiB, with {workers} process(es) into {final}")
     counts = {"rows": 0, "skipped": 0, "dropped_too_long": 0, "docs": 0, "tokens": 0, "supervised": 0}
-    problems, lines_before, current_file, worker_rss = [], 0, None, 0
+    problems, lines_before, current_file, worker_rss, cpu = [], 0, None, 0, {}
     out = {name: open(tmp / name, "wb") for name in ("tokens.i32", "mask.u8", "lengths.i32", "n_sup.i32")}
     try:
         bar = tqdm(total=len(chunks), desc="tokenize", unit="chunk", disable=len(chunks) < 4)
@@ -492,6 +512,7 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
             counts["tokens"] += int(res["lengths"].sum())
             counts["supervised"] += int(res["n_sup"].sum())
             worker_rss = max(worker_rss, res["peak_rss"])
+            cpu[res["pid"]] = res["cpu_s"]
             bar.update(1)
         bar.close()
     except BaseException:
@@ -502,7 +523,7 @@ def _build_cache(files, tokenizer, max_length, final: Path, key: dict, workers, 
     for f in out.values():
         f.close()
     meta = {**counts, "problems": problems, "key": key, "workers": workers, "build_s": round(time.time() - t0, 2),
-            "worker_peak_rss_gb": round(worker_rss / 2**30, 3)}
+            "worker_peak_rss_gb": round(worker_rss / 2**30, 3), "worker_cpu_s": round(sum(cpu.values()), 2)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: a directory without it is incomplete
     try:
         os.rename(tmp, final)

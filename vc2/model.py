@@ -174,7 +174,7 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
         return y.unsqueeze(0)
     if backend == "sdpa_loop":
         out = torch.empty_like(q)
-        bounds = cu_seqlens.tolist()
+        bounds = cu_seqlens.tolist()  # a host read: free on CPU; on CUDA only fp32 runs come here
         for s, e in zip(bounds[:-1], bounds[1:]):
             qd, kd, vd = (t[:, s:e].transpose(1, 2) for t in (q, k, v))  # (1, n, len, hd)
             out[:, s:e] = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=H != K).transpose(1, 2)
