@@ -305,7 +305,7 @@ def load_meta(ctx):
 def train_single(ctx):
     """One process, no FSDP: bf16 autocast over fp32 weights (the path that used to crash in attention)."""
     recs, detail = run_train(ctx, "single", "--preset", "viscoder2", "--max-length", "2048", "--global-batch", "2",
-                             "--max-steps", "6", "--lr", "1e-4", "--no-compile")
+                             "--max-steps", "6", "--lr", "5e-4", "--no-compile")
     if recs is None:
         ctx.check("0.5B, 6 steps, bf16 autocast", False, detail)
         return
@@ -317,14 +317,14 @@ def train_single(ctx):
 def train_fsdp(ctx):
     """The FSDP2 path on one GPU (a one-process group): bf16 parameters; then with CPU offload."""
     recs, detail = run_train(ctx, "fsdp", "--preset", "viscoder2", "--max-length", "2048", "--global-batch", "2",
-                             "--max-steps", "6", "--lr", "1e-4", "--no-compile", "--fsdp")
+                             "--max-steps", "6", "--lr", "5e-4", "--no-compile", "--fsdp")
     if recs is None:
         ctx.check("0.5B, 6 steps, --fsdp", False, detail)
     else:
         ctx.check("0.5B, 6 steps, --fsdp", falling(recs), f"loss {recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f} ({detail})",
                   losses=[r["loss"] for r in recs])
     recs, detail = run_train(ctx, "offload", "--preset", "viscoder2", "--max-length", "2048", "--global-batch", "2",
-                             "--max-steps", "3", "--lr", "1e-4", "--no-compile", "--cpu-offload")
+                             "--max-steps", "3", "--lr", "5e-4", "--no-compile", "--cpu-offload")
     if recs is None:
         ctx.check("0.5B, 3 steps, --cpu-offload", False, detail)
     else:

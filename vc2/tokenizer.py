@@ -125,7 +125,7 @@ class Tokenizer:
         The tokenizer splits its added tokens out of the text before anything else, so the text between two
         <|im_start|>/<|im_end|> tokens is encoded on its own either way. Here each such piece
         ("{role}\\n{content}", and the "\\n" between turns) is encoded by itself, in one batch, without
-        character offsets (building the offsets list is a third of render_chat's time). The mask then
+        character offsets (which render_chat builds and walks token by token). The mask then
         follows from the structure: within an assistant piece, the tokens after the "assistant\\n" header
         are content. That holds when the piece's ids start with the header's own ids, which proves those
         tokens cover exactly the header's bytes; when the content's first characters merge with the
@@ -138,7 +138,8 @@ class Tokenizer:
         for messages in conversations:
             self.render_chat_text(messages)  # the same validation and errors as render_chat
             pieces += [f"{m['role']}\n{m['content']}" for m in messages]
-        encoded = self.tk.encode_batch_fast(pieces, add_special_tokens=False)
+        encode = getattr(self.tk, "encode_batch_fast", self.tk.encode_batch)  # _fast: tokenizers >= 0.20.2
+        encoded = encode(pieces, add_special_tokens=False)
         S, E, nl = self.im_start_id, self.im_end_id, self._piece_ids["\n"]
         head = self._piece_ids["assistant\n"]
         out, k = [], 0
