@@ -423,8 +423,8 @@ def test_trainer_flag_runs_the_kernels_and_matches(tmp_path, tokenizer_dir, caps
     for flag in ("--no-kernels", "--kernels"):
         out = tmp_path / flag.strip("-")
         train_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.jsonl"), "--out", str(out),
-                    "--preset", "cpu-demo", "--lr", "3e-3", "--max-length", "256", "--max-steps", "2", "--grad-accum", "1",
-                    "--no-export", "--device", DEVICE, flag])
+                    "--preset", "cpu-demo", "--lr", "3e-3", "--max-length", "256", "--max-steps", "2", "--global-batch", "1",
+                    "--no-export", "--device", DEVICE, "--data-cache", str(tmp_path / "cache"), flag])
         losses[flag] = [json.loads(l)["loss"] for l in (out / "log.jsonl").read_text().splitlines()]
         assert ("kernels: Triton" if flag == "--kernels" else "kernels: PyTorch") in capsys.readouterr().out
     assert set(kernel_calls) == {"rms_norm", "apply_rope", "swiglu", "linear_cross_entropy"}
