@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vc2.eval import executors
+from vc2.eval import executors, languages
 
 CSV = "category,value\nalpha,3\nbeta,7\ngamma,5\n"
 
@@ -186,7 +186,7 @@ def test_unshare_mode_renders_too(tmp_path):
 def test_describe_sandbox_names_mode_and_versions():
     d = executors.describe_sandbox()
     assert d["sandbox"] == "bwrap"
-    assert set(executors.LANGUAGES) <= set(d) and "matplotlib" in d["python"]
+    assert set(languages.LANGUAGES) <= set(d) and "matplotlib" in d["python"]
 
 
 @pytest.mark.parametrize("page,want", [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vc2.eval import executors, prompts
+from vc2.eval import executors, extract
 from vc2.eval.tasks import load_tasks
 from vc2.eval.warm import WarmPool
 
@@ -49,7 +49,7 @@ def verdicts(tmp_path):
     with WarmPool("bwrap") as pool:
         def one(case):
             name, lang, answer, csv, timeout = case
-            code = prompts.extract_code(lang, answer)
+            code = extract.extract_code(lang, answer)
             out = executors.run(lang, code, tmp_path / name.replace("/", "_"), data_csv=csv, sandbox="bwrap",
                                 timeout_s=timeout, warm=pool)
             return name, {"outcome": out.status, "error_class": error_class(out.error)}
