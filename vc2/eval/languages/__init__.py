@@ -73,12 +73,17 @@ def _discover():
     return {r.name: r for r in found}
 
 
+def _spellings(records):
+    out = {}
+    for r in records:
+        for spelling in (r.name, r.display, *r.aliases):
+            assert out.setdefault(squash(spelling), r.name) == r.name, f"{spelling!r} names two languages"
+    return out
+
+
 LANGUAGES: dict = _discover()
 BENCHMARK = tuple(name for name, r in LANGUAGES.items() if r.benchmark)
-_BY_SPELLING = {}
-for _r in LANGUAGES.values():
-    for _spelling in (_r.name, *_r.aliases):
-        assert _BY_SPELLING.setdefault(squash(_spelling), _r.name) == _r.name, f"{_spelling!r} names two languages"
+_BY_SPELLING = _spellings(LANGUAGES.values())
 assert sorted(LANGUAGES[n].benchmark for n in BENCHMARK) == list(range(1, 9)), BENCHMARK
 
 

@@ -65,17 +65,21 @@ def row_problem(row) -> str | None:
     return None
 
 
-def _iter_file(path: Path):
-    """(line_number, row or JSONDecodeError) for a .jsonl file, or (row_index + 1, row) for .parquet."""
+def iter_rows(path: Path):
+    """(line_number, row or JSONDecodeError) for a .jsonl file, or (row_index + 1, row) for .parquet
+    (read a batch at a time: a shard of a large dataset never has to fit in memory as Python objects)."""
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise ValueError(f"{path}: reading parquet needs pyarrow: pip install -e '.[data]'") from None
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            if isinstance(row.get("messages"), str):  # some exports store messages as a JSON string
-                row["messages"] = json.loads(row["messages"])
-            yield i + 1, row
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                if isinstance(row.get("messages"), str):  # some exports store messages as a JSON string
+                    row["messages"] = json.loads(row["messages"])
+                yield n, row
         return
     yield from read_jsonl(path)
 
@@ -98,8 +102,8 @@ def read_jsonl(path):
                 yield n, e
 
 
-def load_conversations(paths, strict=False, max_problems=5):
-    """Read rows from .jsonl/.parquet files (or directories of them). Returns (rows, LoadReport)."""
+def data_files(paths):
+    """The .jsonl/.parquet files named by `paths` (files, or directories of them); ValueError if none."""
     files = []
     for p in [paths] if isinstance(paths, (str, Path)) else paths:
         p = Path(p)
@@ -111,9 +115,14 @@ def load_conversations(paths, strict=False, max_problems=5):
             raise ValueError(f"{p}: no such data file or directory")
     if not files:
         raise ValueError(f"{paths}: no .jsonl or .parquet files found")
+    return files
+
+
+def load_conversations(paths, strict=False, max_problems=5):
+    """Read rows from .jsonl/.parquet files (or directories of them). Returns (rows, LoadReport)."""
     rows, report = [], LoadReport()
-    for file in files:
-        for n, row in _iter_file(file):
+    for file in data_files(paths):
+        for n, row in iter_rows(file):
             problem = f"not valid JSON ({row})" if isinstance(row, json.JSONDecodeError) else row_problem(row)
             if problem:
                 if strict:
