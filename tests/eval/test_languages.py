@@ -94,3 +94,24 @@ def test_drivers_load_the_exit_codes_by_path_and_never_vc2(driver):
     assert imported == "[", f"{driver} imported {imported}]"
     assert syntax.strip() in ("None", str(status.EXIT_SYNTAX))
     assert (DRIVERS / "lily_server.scm").read_text().count("vc2-exit-engine") >= 4  # Scheme gets it handed over
+
+
+def test_run_eval_lang_all_is_the_benchmark_and_the_others_go_by_name(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import json
+
+    import run_eval
+    assert run_eval.parse_args(["--lang", "all"])[1].lang == list(languages.BENCHMARK)
+    assert run_eval.parse_args(["--lang", "r", "svg"])[1].lang == ["r", "svg"]
+    with pytest.raises(SystemExit):
+        run_eval.parse_args(["--lang", "cobol"])
+    assert "unknown language" in capsys.readouterr().err
+    # a task file of a VisCode-Multi language runs through the whole evaluator
+    task = {"id": "r_1", "task__plot_description": "Plot three bars.", "task__plot_style": "Orange bars.",
+            "data": "k,v\na,3\nb,5\nc,4\n", "used_lib": ["graphics"], "vis_cate": "Bars", "subtype": "bar",
+            "reference_code": 'df <- read.csv("data.csv")\nbarplot(df$v, names.arg = df$k, col = "orange")\n'}
+    (tmp_path / "r.jsonl").write_text(json.dumps(task) + "\n")
+    rc = run_eval.main(["--lang", "r", "--tasks", str(tmp_path / "r.jsonl"), "--model", "reference",
+                        "--out", str(tmp_path / "out"), "--workers", "1"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert rc == 0 and summary["languages"]["r"]["pass_rate_by_round"][0] == 100.0

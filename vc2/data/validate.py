@@ -24,7 +24,7 @@ field, or, without one, the fence tag of its final answer.
 
 Outputs, beside KEPT.jsonl: KEPT.state.jsonl holds one verdict per row, appended as rows finish, so a
 killed run started again continues where it stopped (rows are keyed by file and line: give the same
-files); a second run with other --keep flags only rewrites the outputs. KEPT.jsonl gets the kept rows as
+files; each verdict also records the row's wall time); a second run with other --keep flags only rewrites the outputs. KEPT.jsonl gets the kept rows as
 they were read, in input order, written at the end (to a temporary file, then renamed).
 KEPT.report.json and KEPT.report.md give per language: rows, kept, dropped by class, missing packages
 and a few examples of each class with their error.
@@ -36,6 +36,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -158,6 +159,7 @@ def validate(paths, out, keep=("kept",), workers=None, sandbox_mode="auto", time
     todo = ((k, r) for k, r in todo if k not in done)
 
     def one(key, row):
+        t0 = time.monotonic()
         if isinstance(row, json.JSONDecodeError):
             v = {"class": "malformed", "language": "?", "detail": f"not valid JSON ({row.msg})", "uuid": None}
         else:
@@ -166,7 +168,7 @@ def validate(paths, out, keep=("kept",), workers=None, sandbox_mode="auto", time
             except Exception as e:  # ours: this row's infra error, and the run goes on
                 v = {"class": "infra_error", "language": str(row.get("language")), "detail": f"{type(e).__name__}: {e}"}
             v["uuid"] = row.get("uuid") if isinstance(row, dict) else None
-        v["key"] = key
+        v["key"], v["wall_s"] = key, round(time.monotonic() - t0, 3)
         with lock:
             state.write(json.dumps(v) + "\n")
             state.flush()
