@@ -131,3 +131,9 @@ def test_both_command_names(tmp_path):
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "| **all** | 2 | 1 |" in r.stdout and len(out.read_text().splitlines()) == 1
+
+
+def test_limit_reads_only_the_first_rows(tmp_path):
+    data = write(tmp_path / "d.jsonl", [r for r, _ in ROWS[:3]])
+    report = V.validate([data], tmp_path / "kept.jsonl", workers=1, limit=2, warm=False)
+    assert report["rows"] == 2 and report["written"] == 2

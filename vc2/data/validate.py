@@ -39,6 +39,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
@@ -155,8 +156,7 @@ def validate(paths, out, keep=("kept",), workers=None, sandbox_mode="auto", time
     pool = WarmPool(sandbox_mode) if warm else None
     lock = threading.Lock()
     counts = Counter(v["class"] for v in done.values())
-    todo = ((k, r) for i, (k, r) in enumerate(rows_of(files)) if not limit or i < limit)
-    todo = ((k, r) for k, r in todo if k not in done)
+    todo = ((k, r) for k, r in islice(rows_of(files), limit or None) if k not in done)
 
     def one(key, row):
         t0 = time.monotonic()
@@ -206,9 +206,7 @@ def write_outputs(files, out, done, keep, limit=0):
     tmp = out.with_name(out.name + ".tmp")
     written, verdicts = 0, []
     with open(tmp, "w") as f:
-        for i, (key, row) in enumerate(rows_of(files)):
-            if limit and i >= limit:
-                break
+        for key, row in islice(rows_of(files), limit or None):
             v = done.get(key)
             if v is None:  # not decided (cannot happen after a full run)
                 continue
