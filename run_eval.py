@@ -14,15 +14,17 @@ import argparse
 import os
 import sys
 
-LANGS = ("python", "vegalite", "lilypond", "mermaid", "svg", "latex", "asymptote", "html")
 # The embedded 135M demo model answers with a shorter budget than the protocol's 5,000 tokens, so the README's
 # main job stays short on 2 CPU cores: its answers rarely end on their own (see bench/RESULTS.md).
 DEMO_MAX_NEW_TOKENS = 512
 
 
 def parse_args(argv=None):
+    from vc2.eval import languages
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang", nargs="+", default=["all"], help=f"languages: {' '.join(LANGS)} or all (default: all)")
+    p.add_argument("--lang", nargs="+", default=["all"],
+                   help=f"languages: all (VisPlotBench's eight: {' '.join(languages.BENCHMARK)}), or names "
+                        f"among {' '.join(languages.LANGUAGES)} (default: all)")
     p.add_argument("--model", default="smollm2-135m",
                    help="HF checkpoint dir, an embedded model name, or 'reference' to replay the tasks' reference "
                         "solutions (default: %(default)s, the embedded CPU demo model)")
@@ -80,10 +82,10 @@ def parse_args(argv=None):
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
     if args.lang == ["all"]:
-        args.lang = list(LANGS)
+        args.lang = list(languages.BENCHMARK)
     for lang in args.lang:
-        if lang not in LANGS:
-            p.error(f"--lang {lang}: unknown language (choose from {', '.join(LANGS)} or all)")
+        if lang not in languages.LANGUAGES:
+            p.error(f"--lang {lang}: unknown language (choose from {', '.join(languages.LANGUAGES)} or all)")
     return p, args
 
 
@@ -153,7 +155,7 @@ def main(argv=None):
     if args.responses:
         try:
             by_key = runner.match_responses(args.responses, runner.load_responses(args.responses), tasks,
-                                            tasks_mod.load_tasks(args.tasks, list(LANGS)))
+                                            tasks_mod.load_tasks(args.tasks))
         except (OSError, ValueError) as e:
             p.error(str(e))
         missing = [runner.task_key(t) for t in tasks if runner.task_key(t) not in by_key]

@@ -15,7 +15,7 @@ setup(
     # kernels/dispatch.py for why it has no top-level import name of its own)
     packages=find_packages(include=["vc2", "vc2.*"]) + ["vc2.kernels"],
     include_package_data=True,
-    package_data={"vc2": ["eval/assets/**/*", "assets/**/*"]},
+    package_data={"vc2": ["eval/assets/**/*", "assets/**/*", "eval/executors/*.R", "eval/executors/*.scm"]},
     install_requires=[
         # torch is deliberately unpinned here: CPU machines install torch==2.13.0 first (README),
         # GPU machines install the CUDA build they need. Anything >= 2.10 has the APIs we use.

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from vc2.eval import executors
 from vc2.eval.runner import interleave
-from vc2.eval.tasks import LANGUAGES, load_tasks
+from vc2.eval.languages import BENCHMARK
+from vc2.eval.tasks import load_tasks
 from vc2.eval.warm import WarmPool
 
 
@@ -50,7 +51,7 @@ def medians(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lang", nargs="+", default=list(LANGUAGES), help="languages (default: all eight)")
+    p.add_argument("--lang", nargs="+", default=list(BENCHMARK), help="languages (default: the benchmark's eight)")
     p.add_argument("--workers", type=int, default=2, help="parallel executions for vc2's side (default: %(default)s)")
     p.add_argument("--sandbox", default="auto", help="sandbox mode for both sides (default: %(default)s)")
     p.add_argument("--no-warm", action="store_true", help="vc2's side without warm workers (fresh process per task)")

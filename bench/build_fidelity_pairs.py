@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from vc2.eval import executors
-from vc2.eval.tasks import LANGUAGES, load_tasks
+from vc2.eval.languages import BENCHMARK as LANGUAGES, get
+from vc2.eval.tasks import load_tasks
 
 OUT = Path(__file__).parent / "fidelity_pairs"
 CLASS = {"rerender": 5, "size": 5, "transparent": 5, "margin": 5, "style_a": 4, "style_b": 4,
@@ -380,7 +381,7 @@ def main():
 
     def do(job):
         base, variant, lang, code, data = job
-        status, err, img = render(lang, code, data if lang in ("python", "vegalite", "latex", "html") else None)
+        status, err, img = render(lang, code, data if get(lang).data == "csv" else None)
         return job, status, err, img
 
     results = {}

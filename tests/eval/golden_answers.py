@@ -1,7 +1,11 @@
 """The fixed answers of the golden-verdict test (tests/eval/test_golden_verdicts.py): per language, the
 tricky and failing kinds a model writes, besides every bundled reference solution.
 
-    python tests/eval/golden_answers.py --regenerate    # re-record tests/assets/golden_verdicts.json (deliberately)
+    python tests/eval/golden_answers.py --regenerate-added   # re-record golden_verdicts_added.json (deliberately)
+
+ANSWERS (with the eight languages' bundled references) is the set recorded before the language-records
+refactor, in tests/assets/golden_verdicts.json; ADDED holds the cases added after it (VisCode-Multi's
+other four languages), recorded in tests/assets/golden_verdicts_added.json.
 
 Kinds: syntax / runtime error, blank output, no image or text only, a timeout (run with a 3 s limit),
 two code blocks (the extraction keeps the last complete one), reasoning before the code, no fence at all.
@@ -106,9 +110,64 @@ ANSWERS = {
     },
 }
 
+R_OK = 'png("out.png", width = 300, height = 200)\nbarplot(c(3, 5), col = "orange")\ninvisible(dev.off())\n'
+CPP_OK = ('#include <fstream>\nint main() {\n  std::ofstream f("out.pgm");\n  f << "P2\\n20 10\\n255\\n";\n'
+          '  for (int i = 0; i < 200; ++i) f << (i % 20 < 10 ? 30 : 220) << " ";\n}\n')
+JS_OK = ('require("fs").writeFileSync("out.svg", \'<svg xmlns="http://www.w3.org/2000/svg" width="100" height="60">'
+         '<circle cx="30" cy="30" r="20" fill="crimson"/></svg>\');\n')
+TS_OK = ('import * as fs from "fs";\nconst r: number = 20;\nfs.writeFileSync("out.svg", `<svg xmlns="http://www.w3.org/2000/svg" '
+         'width="100" height="60"><circle cx="30" cy="30" r="${r}" fill="navy"/></svg>`);\n')
+
+ADDED = {
+    "r": {
+        "syntax": fence("r", "plot(c(1, 2)"),
+        "runtime": fence("r", "plot(undefined_thing)"),
+        "blank": fence("r", 'png("b.png")\nplot.new()\ninvisible(dev.off())'),
+        "no_image": fence("r", 'cat("no plot\\n")'),
+        "missing_package": fence("r", "library(notapackage)\nplot(1)"),
+        "timeout": fence("r", "repeat {}"),
+        "two_blocks": two_blocks("r", "plot(", R_OK),
+        "reasoning": reasoning("r", R_OK),
+        "no_fence": R_OK,
+    },
+    "cpp": {
+        "syntax": fence("cpp", "int main() { return 0 }"),
+        "runtime": fence("cpp", "#include <cstdlib>\nint main() { std::abort(); }"),
+        "blank": fence("cpp", '#include <fstream>\nint main() { std::ofstream f("w.pgm"); f << "P2\\n8 8\\n255\\n";'
+                              ' for (int i = 0; i < 64; ++i) f << "255 "; }'),
+        "no_image": fence("cpp", "int main() { return 0; }"),
+        "timeout": fence("cpp", "int main() { volatile int x = 0; for (;;) x = x + 1; }"),
+        "two_blocks": two_blocks("cpp", "int main() {", CPP_OK),
+        "reasoning": reasoning("cpp", CPP_OK),
+        "no_fence": CPP_OK,
+    },
+    "javascript": {
+        "syntax": fence("javascript", "const x = ;"),
+        "runtime": fence("javascript", "nothingHere();"),
+        "json_error": fence("javascript", 'JSON.parse("{oops");'),
+        "blank": fence("javascript", 'require("fs").writeFileSync("b.svg", \'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>\');'),
+        "no_image": fence("javascript", 'console.log("just text");'),
+        "missing_package": fence("javascript", 'const d3 = require("d3");'),
+        "timeout": fence("javascript", "for (;;) {}"),
+        "two_blocks": two_blocks("javascript", "const fs = ", JS_OK),
+        "reasoning": reasoning("javascript", JS_OK),
+        "no_fence": JS_OK,
+    },
+    "typescript": {
+        "syntax": fence("typescript", "const x: number = ;"),
+        "type_error": fence("typescript", 'const x: number = "one";'),
+        "runtime": fence("typescript", 'throw new Error("nope");'),
+        "no_image": fence("typescript", 'console.log("just text");'),
+        "timeout": fence("typescript", "for (;;) {}"),
+        "two_blocks": two_blocks("typescript", "import * as", TS_OK),
+        "reasoning": reasoning("typescript", TS_OK),
+        "no_fence": TS_OK,
+    },
+}
+
 
 if __name__ == "__main__":
     import sys
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
     import test_golden_verdicts
-    test_golden_verdicts.regenerate()
+    test_golden_verdicts.regenerate(added_only="--regenerate-added" in sys.argv)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vc2.eval import executors
+from vc2.eval import executors, languages
 
 CSV = "category,value\nalpha,3\nbeta,7\ngamma,5\n"
 
@@ -88,9 +88,47 @@ CASES = {
         "blank_image": "flowchart TD\n",
         "timeout": "flowchart TD\n  A --> B\n",
     },
+    # VisCode-Multi's other four: the program writes its own image file
+    "r": {
+        "pass": 'df <- read.csv("data.csv")\nbarplot(df$value, names.arg = df$category, col = "steelblue", main = "theta")\n',
+        "syntax_error": "x <- c(1, 2\nplot(x)\n",
+        "runtime_error": 'plot(1:3)\nstop("boom")\n',
+        "blank_image": 'png("empty.png")\nplot.new()\ninvisible(dev.off())\n',
+        "timeout": "repeat {}\n",
+    },
+    "cpp": {
+        "pass": "#include <fstream>\nint main() {\n  std::ofstream f(\"out.ppm\", std::ios::binary);\n  f << \"P6\\n64 48\\n255\\n\";\n"
+                "  for (int y = 0; y < 48; ++y) for (int x = 0; x < 64; ++x) { unsigned char c[3] = {(unsigned char)(x * 4), "
+                "(unsigned char)(y * 5), 120}; f.write((char*)c, 3); }\n}\n",
+        "syntax_error": "int main() { return 0 }\n",
+        "runtime_error": "#include <stdexcept>\nint main() { throw std::runtime_error(\"boom\"); }\n",
+        "blank_image": "#include <cstdio>\nint main() { FILE* f = std::fopen(\"white.pgm\", \"wb\"); std::fprintf(f, \"P5\\n40 30\\n255\\n\");"
+                       " for (int i = 0; i < 1200; ++i) std::fputc(255, f); std::fclose(f); }\n",
+        "timeout": "int main() { volatile unsigned long n = 0; while (true) { n = n + 1; } }\n",
+    },
+    "javascript": {
+        "pass": 'const fs = require("fs");\nconst rows = fs.readFileSync("data.csv", "utf8").trim().split("\\n").slice(1);\n'
+                'const bars = rows.map((r, i) => `<rect x="${10 + i * 40}" y="${100 - +r.split(",")[1] * 10}" width="30" '
+                'height="${+r.split(",")[1] * 10}" fill="teal"/>`);\n'
+                'fs.writeFileSync("chart.svg", `<svg xmlns="http://www.w3.org/2000/svg" width="140" height="110">${bars.join("")}</svg>`);\n',
+        "syntax_error": "let x = ;\n",
+        "runtime_error": "undefinedFunction();\n",
+        "blank_image": 'require("fs").writeFileSync("b.svg", \'<svg xmlns="http://www.w3.org/2000/svg" width="50" height="50"/>\');\n',
+        "timeout": "while (true) {}\n",
+    },
+    "typescript": {
+        "pass": 'import * as fs from "fs";\nconst values: number[] = [3, 7, 5];\n'
+                'const bars: string = values.map((v: number, i: number) => `<rect x="${10 + i * 40}" y="${100 - v * 10}" width="30" '
+                'height="${v * 10}" fill="purple"/>`).join("");\n'
+                'fs.writeFileSync("chart.svg", `<svg xmlns="http://www.w3.org/2000/svg" width="140" height="110">${bars}</svg>`);\n',
+        "syntax_error": 'const n: number = "seven";\n',  # a type error: not valid TypeScript
+        "runtime_error": 'throw new Error("boom");\n',
+        "blank_image": 'import * as fs from "fs";\nfs.writeFileSync("b.svg", \'<svg xmlns="http://www.w3.org/2000/svg" width="50" height="50"/>\');\n',
+        "timeout": "while (true) {}\n",
+    },
 }
 TIMEOUTS = {"python": 5, "svg": 0.5, "vegalite": 1, "latex": 5, "asymptote": 5, "lilypond": 8, "html": 8,
-            "mermaid": 0.5}  # budgets for the "timeout" case only
+            "mermaid": 0.5, "r": 5, "cpp": 8, "javascript": 3, "typescript": 20}  # budgets for the "timeout" case only
 
 PARAMS = [(lang, want) for lang, cases in CASES.items() for want in cases]
 
@@ -110,6 +148,10 @@ def test_outcome(tmp_path, lang, want):
         assert out.error, "a failure must say why"
     if want == "timeout":
         assert time.monotonic() - t0 < TIMEOUTS[lang] + 15
+
+
+def test_every_language_has_its_five_cases():
+    assert set(CASES) == set(languages.LANGUAGES)
 
 
 def test_error_messages_are_useful(tmp_path):
@@ -186,7 +228,7 @@ def test_unshare_mode_renders_too(tmp_path):
 def test_describe_sandbox_names_mode_and_versions():
     d = executors.describe_sandbox()
     assert d["sandbox"] == "bwrap"
-    assert set(executors.LANGUAGES) <= set(d) and "matplotlib" in d["python"]
+    assert set(languages.LANGUAGES) <= set(d) and "matplotlib" in d["python"]
 
 
 @pytest.mark.parametrize("page,want", [
@@ -201,3 +243,74 @@ def test_describe_sandbox_names_mode_and_versions():
 def test_html_text_only_page_is_not_a_chart(tmp_path, page, want):
     out = executors.run("html", page, tmp_path)
     assert out.status == want, (out.status, out.error)
+
+
+# ---------------------------------------------------------------------------------------------------
+# VisCode-Multi's other four languages
+
+def test_r_ggplot2_and_its_own_file_first(tmp_path):
+    code = ('library(ggplot2)\ndf <- data.frame(x = c("a", "b"), y = c(3, 5))\n'
+            'p <- ggplot(df, aes(x, y)) + geom_col(fill = "tomato")\nprint(p)\nggsave("mine.png", p, width = 4, height = 3)\n')
+    out = executors.run("r", code, tmp_path)
+    assert out.status == "pass", out.error
+    assert out.detail["images"][0] == "mine.png" and out.detail["images"][1].startswith("_vc2_fig")  # printed too
+
+
+def test_js_syntax_error_raised_by_the_program_is_a_runtime_error(tmp_path):
+    out = executors.run("javascript", 'JSON.parse("{not json");\n', tmp_path / "a")
+    assert out.status == "runtime_error" and "SyntaxError" in out.error
+    out = executors.run("javascript", 'console.log("no picture");\n', tmp_path / "b")
+    assert out.status == "no_image" and "wrote no image" in out.error
+
+
+def test_cpp_memory_limit_applies(tmp_path):
+    code = "#include <vector>\n#include <cstdio>\nint main() { std::vector<char> v(6ull << 30, 1); std::printf(\"%d\", v[7]); }\n"
+    out = executors.run("cpp", code, tmp_path)
+    assert out.status == "runtime_error", (out.status, out.error)
+
+
+@pytest.mark.parametrize("lang, code, missing", [
+    ("r", "library(nosuchpkg)\nplot(1)\n", "nosuchpkg"),
+    ("cpp", "#include <nosuch/lib.h>\nint main() {}\n", "nosuch/lib.h"),
+    ("javascript", 'require("nosuch-lib");\n', "nosuch-lib"),
+])
+def test_missing_library_errors_name_it(tmp_path, lang, code, missing):
+    """The error text the record's missing_dependency pattern reads (dataset validation classifies on it)."""
+    import re
+    out = executors.run(lang, code, tmp_path)
+    assert out.status in ("runtime_error", "syntax_error")
+    m = re.search(languages.get(lang).missing_dependency, out.error)
+    assert m and m.group(1) == missing, out.error
+
+
+# ---------------------------------------------------------------------------------------------------
+# the Python chart libraries VisPlotBench's tasks name, each rendered the way its users would
+
+LIBRARY_CASES = {
+    "bokeh": ("from bokeh.plotting import figure, show\np = figure(width=900, height=300, x_range=['a', 'b', 'c'])\n"
+              "p.vbar(x=['a', 'b', 'c'], top=[3, 7, 5], width=0.8)\nshow(p)\n", "_vc2_bokeh0.png"),
+    "altair": ("import altair as alt, pandas as pd\ndf = pd.read_csv('data.csv')\n"
+               "alt.Chart(df).mark_bar().encode(x='category', y='value').show()\n", "_vc2_altair0.png"),
+    "chartify": ("import chartify, pandas as pd\ndf = pd.read_csv('data.csv')\nch = chartify.Chart(x_axis_type='categorical')\n"
+                 "ch.plot.bar(data_frame=df, categorical_columns='category', numeric_column='value')\nch.show('png')\n",
+                 "_vc2_chartify0.png"),
+    "holoviews": ("import holoviews as hv\nhv.extension('bokeh')\nhv.save(hv.Curve([(0, 1), (1, 3), (2, 2)]), 'curve.png')\n",
+                  "curve.png"),
+    "pyvista": ("import pyvista as pv\np = pv.Plotter()\np.add_mesh(pv.Cone(), color='orange')\np.show()\n", "_vc2_pyvista0.png"),
+    "pyecharts": ("from pyecharts.charts import Pie\nPie().add('', [('a', 3), ('b', 7)]).render('pie.html')\n",
+                  "_vc2_pyecharts0.png"),
+}
+
+
+@pytest.mark.parametrize("lib", sorted(LIBRARY_CASES))
+def test_python_chart_libraries(tmp_path, lib):
+    code, image = LIBRARY_CASES[lib]
+    out = executors.run("python", code, tmp_path, data_csv=CSV)
+    assert out.status == "pass", out.error
+    assert out.image.name == image
+
+
+def test_bokeh_figure_wider_than_a_page_is_not_cut(tmp_path):
+    from PIL import Image
+    out = executors.run("python", LIBRARY_CASES["bokeh"][0], tmp_path)
+    assert out.status == "pass" and Image.open(out.image).width > 850, Image.open(out.image).size

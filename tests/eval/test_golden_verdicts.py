@@ -1,10 +1,12 @@
 """Golden verdicts: every bundled reference solution and the tricky answers of golden_answers.py, run
 through extraction and the real executors (warm servers, as a run does), must come out exactly as
-recorded in tests/assets/golden_verdicts.json: the outcome and the class of the error. A refactor that
-changes a verdict fails here, silently nowhere.
+recorded: the outcome and the class of the error. A refactor that changes a verdict fails here,
+silently nowhere. tests/assets/golden_verdicts.json is the set recorded before the language-records
+refactor (the eight languages' references and ANSWERS); golden_verdicts_added.json the cases added
+since (bundled tasks added later, and ADDED: VisCode-Multi's other four languages).
 
     python -m pytest tests/eval/test_golden_verdicts.py
-    python tests/eval/golden_answers.py --regenerate      # only when a verdict change is intended
+    python tests/eval/golden_answers.py --regenerate-added  # only when a change to the added cases is intended
 """
 import json
 import re
@@ -13,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from vc2.eval import executors, prompts
+from vc2.eval import executors, extract, languages
 from vc2.eval.tasks import load_tasks
 from vc2.eval.warm import WarmPool
 
-from golden_answers import ANSWERS
+from golden_answers import ADDED, ANSWERS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden_verdicts.json"
+GOLDEN_ADDED = GOLDEN.with_name("golden_verdicts_added.json")
 TIMEOUT_S = 3.0  # for the "timeout" answers only; the others run under their language's limit
 
 
@@ -39,7 +42,7 @@ def cases():
     out = []
     for task in load_tasks(None, sorted(ANSWERS)):
         out.append((f"{task.language}/{task.id}", task.language, f"```\n{task.reference_code}\n```", task.data_csv, None))
-    for lang, kinds in ANSWERS.items():
+    for lang, kinds in list(ANSWERS.items()) + list(ADDED.items()):
         for kind, answer in kinds.items():
             out.append((f"{lang}/{kind}", lang, answer, None, TIMEOUT_S if kind == "timeout" else None))
     return out
@@ -49,7 +52,7 @@ def verdicts(tmp_path):
     with WarmPool("bwrap") as pool:
         def one(case):
             name, lang, answer, csv, timeout = case
-            code = prompts.extract_code(lang, answer)
+            code = extract.extract_code(lang, answer)
             out = executors.run(lang, code, tmp_path / name.replace("/", "_"), data_csv=csv, sandbox="bwrap",
                                 timeout_s=timeout, warm=pool)
             return name, {"outcome": out.status, "error_class": error_class(out.error)}
@@ -59,20 +62,28 @@ def verdicts(tmp_path):
     return got
 
 
-def regenerate():
+def regenerate(added_only=True):
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         got = verdicts(Path(d))
-    GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {len(got)} verdicts to {GOLDEN}")
+    before = json.loads(GOLDEN.read_text())
+    if not added_only:
+        before = {k: got[k] for k in before}
+        GOLDEN.write_text(json.dumps(before, indent=1, sort_keys=True) + "\n")
+    added = {k: v for k, v in got.items() if k not in before}
+    GOLDEN_ADDED.write_text(json.dumps(added, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(added)} verdicts to {GOLDEN_ADDED}" + ("" if added_only else f", {len(before)} to {GOLDEN}"))
 
 
 @pytest.mark.slow
 def test_every_verdict_is_the_recorded_one(tmp_path):
-    golden = json.loads(GOLDEN.read_text())
+    before, added = json.loads(GOLDEN.read_text()), json.loads(GOLDEN_ADDED.read_text())
+    assert not set(before) & set(added)
+    golden = {**before, **added}
     got = verdicts(tmp_path)
     assert set(got) == set(golden), f"cases added or removed: {sorted(set(got) ^ set(golden))}"
     changed = {k: (golden[k], got[k]) for k in golden if golden[k] != got[k]}
     assert not changed, f"{len(changed)} verdict(s) changed (golden, now): {json.dumps(changed, indent=1)}"
     kinds = {v["outcome"] for v in golden.values()}
     assert {"pass", "syntax_error", "runtime_error", "timeout", "blank_image", "no_image"} <= kinds  # the set is varied
+    assert {k.split("/")[0] for k in golden} == set(languages.LANGUAGES)  # every language has its cases

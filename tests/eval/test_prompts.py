@@ -1,13 +1,11 @@
-"""Prompt construction, self-debug messages and code extraction from model answers.
+"""Prompt construction and self-debug messages (code extraction: test_extract.py).
 
 Run: python -m pytest tests/eval/test_prompts.py
 """
-import json
-
 import pytest
 
-from vc2.eval import prompts as P
-from vc2.eval.tasks import LANGUAGES, Task, load_tasks
+from vc2.eval import languages, prompts as P
+from vc2.eval.tasks import Task, load_tasks
 
 CSV = "month,rainfall_mm,station\nJan,81.5,North\nFeb,60,North\nMar,55.2,South\nApr,40,South\nMay,38.1,East\nJun,12,East\n"
 
@@ -39,10 +37,12 @@ def test_prompt_has_description_style_setup_and_data_head():
 
 
 def test_prompt_per_language_fence_and_data_rules():
-    for lang in LANGUAGES:
-        text = P.build_prompt(task(lang, used_lib=["x-lib"], data=CSV if lang in ("python", "vegalite", "latex", "html") else None))
-        assert f"```{P.FENCE[lang]}" in text and "x-lib" in text and "Task:" in text, lang
-        assert ("Data:" in text) == (lang in ("python", "vegalite", "latex", "html")), lang
+    for name, lang in languages.LANGUAGES.items():  # all twelve, VisCode-Multi's four included
+        text = P.build_prompt(task(name, used_lib=["x-lib"], data=CSV if lang.data == "csv" else None))
+        assert f"```{lang.fence}" in text and "x-lib" in text and "Task:" in text and lang.display in text, name
+        assert ("Data:" in text) == (lang.data == "csv"), name
+        if lang.data == "csv":
+            assert "data.csv" in lang.data_access, name
     assert '"url": "data.csv"' in P.build_prompt(task("vegalite"))
     assert "pgfplotstableread" in P.build_prompt(task("latex"))
     asy = P.build_prompt(task("asymptote", data="real[] t = {1, 2, 3};"))
@@ -109,112 +109,3 @@ def test_debug_message_statuses():
 def test_trim_error_short_text_untouched():
     assert P.trim_error("NameError: name 'x' is not defined") == "NameError: name 'x' is not defined"
     assert len(P.trim_error("y" * 10000)) < 2100
-
-
-# ---------------------------------------------------------------------------------------------------
-# extraction
-
-PY = "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()"
-
-
-@pytest.mark.parametrize("answer, code, method", [
-    (f"Here you go:\n```python\n{PY}\n```\nThis draws a line.", PY, "fenced"),
-    (f"```py\n{PY}\n```", PY, "fenced"),
-    (f"```Python3\n{PY}\n```", PY, "fenced"),
-    (f"```\n{PY}\n```", PY, "unlabeled"),
-    (f"Sure!\n```python\n{PY}\n", PY, "unclosed"),                      # cut off before the closing fence
-    (f"```python\n{PY}```", PY, "fenced"),                              # fence glued to the last line
-    (PY, PY, "whole"),                                                   # no fences at all
-    (f"```bash\npip install matplotlib\n```\n```python\n{PY}\n```", PY, "fenced"),
-    (f"```python\n{PY}\n```\nTo save instead:\n```python\nplt.savefig('a.png')\n```", PY, "fenced"),
-    (f"1. Run this:\n   ```python\n   {PY.replace(chr(10), chr(10) + '   ')}\n   ```", PY, "fenced"),  # indented
-    (f"~~~python\n{PY}\n~~~", PY, "fenced"),
-    (f"```javascript\n{PY}\n```", PY, "other-tag"),
-    (f"{PY}<|im_end|>", PY, "whole"),
-])
-def test_extract_python(answer, code, method):
-    got = P.extract("python", answer)
-    assert (got.code, got.method) == (code, method)
-    assert got.raw == answer
-
-
-def test_extract_takes_the_final_answer_after_thinking_and_drafts():
-    draft = "import matplotlib.pyplot as plt\nplt.bar([1], [2])"
-    final = "import matplotlib.pyplot as plt\nplt.barh([1], [2])\nplt.show()"
-    answer = f"<think>\nFirst try:\n```python\n{draft}\n```\nHmm, horizontal is better.\n</think>\n```python\n{final}\n```"
-    assert P.extract_code("python", answer) == final
-    # drafts without think tags: the last complete block is the answer
-    assert P.extract_code("python", f"Draft:\n```python\n{draft}\n```\nFinal:\n```python\n{final}\n```") == final
-    # cut off while thinking: the last draft is the best we have
-    assert P.extract_code("python", f"<think>\n```python\n{draft}\n```\nand then\n```python\n{final}") == final
-    # code only inside the reasoning, nothing after it but prose
-    assert P.extract_code("python", f"<think>\n```python\n{draft}\n```\n</think>\nDone, see above.") == draft
-    # <answer> tags
-    assert P.extract_code("python", f"<answer>\n```python\n{final}\n```\n</answer>") == final
-
-
-@pytest.mark.parametrize("lang, tag", [(lang, tag) for lang in LANGUAGES for tag in sorted(P.TAGS[lang])])
-def test_every_accepted_tag(lang, tag):
-    code = {"python": PY, "vegalite": '{"mark": "bar"}', "lilypond": "\\relative c' { c4 d e f }",
-            "mermaid": "graph TD\n  A --> B", "svg": '<svg xmlns="http://www.w3.org/2000/svg"><rect width="4" height="4"/></svg>',
-            "latex": "\\documentclass{standalone}\n\\begin{document}x\\end{document}",
-            "asymptote": "size(100);\ndraw((0,0)--(1,1));",
-            "html": "<!DOCTYPE html>\n<html><body><p>x</p></body></html>"}[lang]
-    got = P.extract(lang, f"Answer:\n```{tag}\n{code}\n```\nbye")
-    assert got.code == code and got.method == "fenced", (lang, tag)
-    # the info string never leaks into the code (the original harness kept e.g. 'vega-lite' as line 1)
-    assert not got.code.startswith(tag)
-
-
-def test_extract_prefers_own_tag_over_other_blocks():
-    ans = "```html\n<p>not this</p>\n```\n```mermaid\ngraph LR\n  A --> B\n```\n```text\nexplanation\n```"
-    assert P.extract_code("mermaid", ans) == "graph LR\n  A --> B"
-
-
-def test_extract_empty_answer():
-    assert P.extract("svg", "").code == "" and P.extract("svg", None).method == "whole"
-
-
-def test_vegalite_json_repairs():
-    spec = {"mark": "point", "encoding": {"x": {"field": "a // not a comment", "type": "quantitative"}}}
-    assert P.extract_code("vegalite", f"```json\n{json.dumps(spec)}\n```") == json.dumps(spec)  # valid: as written
-    commented = ('```json\n{\n  // the mark\n  "mark": "point", /* inline */\n  "encoding": {"x": '
-                 '{"field": "a // not a comment", "type": "quantitative",},},\n}\n```')
-    assert json.loads(P.extract_code("vegalite", commented)) == spec
-    trailing = f"{json.dumps(spec)}\n\nThis spec draws points. Let me know!"
-    assert json.loads(P.extract_code("vegalite", trailing)) == spec
-    broken = '```json\n{"mark": "point", "encoding": \n```'
-    assert P.extract_code("vegalite", broken) == '{"mark": "point", "encoding":'  # kept: its error is feedback
-    escaped = '{"mark": "text", "encoding": {"text": {"value": "a \\"b\\" {c}"}}} trailing'
-    assert json.loads(P.extract_code("vegalite", escaped))["encoding"]["text"]["value"] == 'a "b" {c}'
-
-
-def test_latex_wrapping():
-    full = "\\documentclass{article}\n\\begin{document}\nHi\n\\end{document}"
-    assert P.extract_code("latex", f"```latex\n{full}\n```") == full
-    assert P.extract_code("latex", f"```latex\n{full}\nextra words\n```") == full
-    frag = "\\usepackage{pgfplots}\n\\usetikzlibrary{arrows}\n\\begin{tikzpicture}\n\\draw (0,0) -- (1,1);\n\\end{tikzpicture}"
-    got = P.extract_code("latex", f"```tex\n{frag}\n```")
-    assert got.startswith("\\documentclass[border=5pt]{standalone}")
-    pre, body = got.split("\\begin{document}")
-    assert "\\usetikzlibrary{arrows}" in pre and "\\begin{tikzpicture}" in body and body.rstrip().endswith("\\end{document}")
-    no_class = "\\usepackage{tikz}\n\\begin{document}\n\\tikz \\draw (0,0) circle (1);\n\\end{document}"
-    assert P.extract_code("latex", no_class) == "\\documentclass[border=5pt]{standalone}\n" + no_class
-
-
-def test_html_and_svg_repairs():
-    page = "<!DOCTYPE html>\n<html><body><canvas></canvas></body></html>"
-    assert P.extract_code("html", f"```html\n{page}\n```") == page
-    assert P.extract_code("html", f"Here:\n{page}\nEnjoy.") == page
-    frag = P.extract_code("html", '```html\n<div id="c"></div>\n<script>document.getElementById("c").textContent = "hi";</script>\n```')
-    assert frag.startswith("<!DOCTYPE html>") and '<div id="c"></div>' in frag and frag.rstrip().endswith("</html>")
-    svg = P.extract_code("svg", 'The image:\n<svg width="10" height="10"><circle r="4"/></svg>\nNice, right?')
-    assert svg == '<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><circle r="4"/></svg>'
-    xml = '<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"><g/></svg>'
-    assert P.extract_code("svg", f"```xml\n{xml}\n```") == xml
-
-
-def test_mermaid_prose_before_diagram_is_dropped():
-    assert P.extract_code("mermaid", "Here is the diagram:\n\nflowchart LR\n  A --> B\n") == "flowchart LR\n  A --> B"
-    fenced = "```mermaid\n%%{init: {'theme': 'forest'}}%%\ngraph TD\n  A --> B\n```"
-    assert P.extract_code("mermaid", fenced) == "%%{init: {'theme': 'forest'}}%%\ngraph TD\n  A --> B"

@@ -32,13 +32,14 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from vc2.eval import executors, fidelity, prompts
+from vc2.eval import executors, extract, fidelity, prompts
 from vc2.eval import sandbox as sb
 from vc2.eval.api import InfraFailure
+from vc2.eval.executors.status import Status
 from vc2.eval.report import write_reports
 from vc2.eval.warm import WarmPool
 
-INFRA = "infra_error"
+INFRA = Status.INFRA_ERROR
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             return record({"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
                            "outcome": INFRA, "error": f"answer source: {answer.message}", "code": "", "answer": "",
                            "image": None, "fidelity": None, "gen_s": round(gen_s, 3), "exec_s": 0.0})
-        code = prompts.extract_code(task.language, answer.text)
+        code = extract.extract_code(task.language, answer.text)
         tmp = sb.private_dir("task")
         t0 = time.perf_counter()
         image = None

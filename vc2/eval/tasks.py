@@ -4,12 +4,14 @@
     python -m vc2.eval.tasks --render-references [--lang svg]  # re-run every reference solution, save its PNG
 
 A task file holds rows in VisPlotBench's published schema: `id`, `task__plot_description`,
-`task__plot_style`, `data` (CSV text for python/vegalite/latex/html, Asymptote data code for asymptote,
-empty otherwise), `used_lib` (list of str), `vis_cate`, `subtype`, `image` (the reference render).
+`task__plot_style`, `data` (as the language record's `data` says: CSV text for python, vegalite,
+latex and html, Asymptote data code for asymptote, empty otherwise), `used_lib` (list of str),
+`vis_cate`, `subtype`, `image` (the reference render).
 Our bundled rows add `reference_code`, the solution that produced `image` (the benchmark ships no code).
 A task source is a .jsonl or .parquet file, or a directory of them (one per language, or the Hugging
 Face layout `<Language>/test-00000-of-00001.parquet`); the language comes from the file or folder name,
-else from a `language` column, else from the id prefix (`python_12`).
+else from a `language` column, else from the id prefix (`python_12`). Any language of vc2.eval.languages
+can have tasks; the bundled sample covers the benchmark's eight.
 
 The bundled sample lives in vc2/eval/assets/tasks/: `<language>.jsonl` + `images/<language>/<id>.png`.
 It is written by us (descriptions, data, solutions), is disjoint from the training sample, and is the
@@ -28,50 +30,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BUNDLED_DIR = Path(__file__).parent / "assets" / "tasks"
+from vc2.eval.languages import LANGUAGES, canonical
 
-# Our language names, in the benchmark's table order.
-LANGUAGES = ("python", "vegalite", "lilypond", "mermaid", "svg", "latex", "asymptote", "html")
-# Languages whose `data` field is CSV text (asymptote's is Asymptote code, the rest have none).
-CSV_LANGUAGES = ("python", "vegalite", "latex", "html")
+BUNDLED_DIR = Path(__file__).parent / "assets" / "tasks"
 # The benchmark's 13 visual categories (paper Fig. 4).
 CATEGORIES = ("Diagramming", "Lines", "Bars", "Scatter & Relation", "Radial & Polar", "Distribution", "Music",
               "Matrix & Heatmaps", "Areas", "3D", "Hierarchies", "Networks & Flows", "Maps")
 
-# Spellings seen in the benchmark (config names, fence tags, file names), compared after squash() below.
-_ALIASES = {
-    "python": "python", "py": "python", "python3": "python",
-    "vegalite": "vegalite", "vega": "vegalite", "vl": "vegalite",
-    "lilypond": "lilypond", "ly": "lilypond",
-    "mermaid": "mermaid", "mmd": "mermaid",
-    "svg": "svg",
-    "latex": "latex", "tex": "latex", "tikz": "latex",
-    "asymptote": "asymptote", "asy": "asymptote",
-    "html": "html", "htm": "html",
-}
-
-
-def _squash(name):
-    return re.sub(r"[\s_\-.]", "", str(name).lower())
-
-
-def canonical_language(name, default=...):
-    """'Vega-Lite' -> 'vegalite', 'asy' -> 'asymptote', ...; ValueError (or `default`) if unknown."""
-    lang = _ALIASES.get(_squash(name))
-    if lang is None:
-        if default is not ...:
-            return default
-        raise ValueError(f"unknown language {name!r}; expected one of {', '.join(LANGUAGES)} (or an alias)")
-    return lang
-
 
 @dataclass
 class Task:
-    language: str                 # one of LANGUAGES
+    language: str                 # a name of vc2.eval.languages.LANGUAGES
     id: str                       # unique within a language, e.g. "python_3"
     description: str              # task__plot_description: what to draw
     style: str                    # task__plot_style: how it should look
-    data: str | None = None       # CSV text (CSV_LANGUAGES), Asymptote data code (asymptote), else None
+    data: str | None = None       # CSV text or code, as the language's record says (`data`), else None
     used_lib: list = field(default_factory=list)
     vis_cate: str = ""
     subtype: str = ""
@@ -81,7 +54,7 @@ class Task:
     @property
     def data_csv(self):
         """The CSV the executor should place next to the code (None for languages without CSV data)."""
-        return self.data if self.language in CSV_LANGUAGES else None
+        return self.data if LANGUAGES[self.language].data == "csv" else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,14 +137,14 @@ def _row_to_task(row, language, where, source: Path):
 def _language_of(path: Path, row):
     """File stem ('vegalite.jsonl'), else folder ('Vega-Lite/test-0.parquet'), else the row itself."""
     for name in (path.stem, path.parent.name):
-        lang = canonical_language(name, default=None)
+        lang = canonical(name, default=None)
         if lang:
             return lang
     if isinstance(row, dict):
         if row.get("language"):
-            return canonical_language(row["language"], default=None)
+            return canonical(row["language"], default=None)
         if isinstance(row.get("id"), str) and "_" in row["id"]:
-            return canonical_language(row["id"].rsplit("_", 1)[0], default=None)
+            return canonical(row["id"].rsplit("_", 1)[0], default=None)
     return None
 
 
@@ -201,7 +174,7 @@ def load_task_file(path, language=None):
     tasks = []
     for n, row in _read_rows(path):
         where = f"{path}:{n}" if path.suffix == ".jsonl" else f"{path}: row {n}"
-        lang = canonical_language(language) if language else _language_of(path, row)
+        lang = canonical(language) if language else _language_of(path, row)
         if lang is None:
             raise ValueError(f"{where}: cannot tell the language: name the file after it (e.g. svg.jsonl) "
                              "or add a 'language' field")
@@ -210,16 +183,16 @@ def load_task_file(path, language=None):
 
 
 def _natural_key(task):
-    return LANGUAGES.index(task.language), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", task.id)]
+    return list(LANGUAGES).index(task.language), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", task.id)]
 
 
 def load_tasks(path=None, languages=None):
     """Tasks from a file or a directory (default: the bundled sample), optionally only some languages.
 
-    Returns tasks sorted by language (LANGUAGES order) then id; ValueError on bad files or duplicate ids.
+    Returns tasks sorted by language (the registry's order) then id; ValueError on bad files or duplicate ids.
     """
     path = BUNDLED_DIR if path is None else Path(path)
-    wanted = None if languages is None else {canonical_language(lang) for lang in languages}
+    wanted = None if languages is None else {canonical(lang) for lang in languages}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file())
         if not files:

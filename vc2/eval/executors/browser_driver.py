@@ -3,10 +3,11 @@ through Playwright, and screenshot it to image.png.
 
     python -I browser_driver.py html|mermaid VENDOR_DIR   # cold: a browser start-up per task
     render(browser, kind, vendor)                         # warm: warm_server.py's kept browser
+    snapshot(page_file, png_file, vendor)                 # py_show.py: a page a Python chart library wrote
 
-Exit codes: 0 rendered, 3 syntax error (a JS SyntaxError / a Mermaid parse error), 1 other page
-errors, 4 the browser could not start (infrastructure). Details (served libraries, blocked URLs,
-console errors) go to _vc2_browser.json.
+Exit codes (status.py): EXIT_OK rendered, EXIT_SYNTAX syntax error (a JS SyntaxError / a Mermaid parse
+error), EXIT_RUNTIME other page errors, EXIT_TEXT_ONLY the page shows only text, EXIT_INFRA the browser
+could not start. Details (served libraries, blocked URLs, console errors) go to _vc2_browser.json.
 HTML: the page is served as http://t<N>.vc2.local/index.html, a new origin for every page, so
 fetch("data.csv") reads the work dir; script URLs of known chart libraries (any CDN) are answered
 from VENDOR_DIR, picking the vendored major nearest to the URL's; every other request is aborted.
@@ -16,6 +17,7 @@ Cold, the page gets a browser context of its own. Warm, pages take turns in one 
 navigating a tab costs ~0.7 CPU-s per page against ~1.9 for a new tab, whose new renderer process
 is most of a page's cost. HtmlTab.forget() keeps the pages apart (see there).
 """
+import importlib.util
 import json
 import re
 import sys
@@ -23,6 +25,10 @@ from pathlib import Path
 
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
+
+_spec = importlib.util.spec_from_file_location("_vc2_status", Path(__file__).resolve().parent / "status.py")
+status = importlib.util.module_from_spec(_spec)  # by path: drivers never import vc2 (see status.py)
+_spec.loader.exec_module(status)
 
 MAX_RENDER_PIXELS = 36_000_000  # = vc2.eval.images.MAX_RENDER_PIXELS (drivers do not import vc2; a test checks)
 
@@ -181,8 +187,8 @@ class HtmlTab:
     cache is off while requests are routed (Playwright). Pages of one tab share a renderer process
     (the same site), never a JavaScript heap or a document."""
 
-    def __init__(self, browser, vendor):
-        self.vendor, self.n = vendor, 0
+    def __init__(self, browser, vendor, page_file="page.html"):
+        self.vendor, self.page_file, self.n = vendor, page_file, 0
         self.info, self.inflight = empty_info(), set()
         self.context = browser.new_context(viewport={"width": 800, "height": 600}, service_workers="block")
         self.context.add_init_script(CLOCK_JS)  # also in popups
@@ -204,7 +210,7 @@ class HtmlTab:
         if url.startswith(self.origin):
             name = url[len(self.origin):].split("?")[0] or "index.html"
             if name == "index.html":
-                return r.fulfill(body=Path("page.html").read_bytes(), content_type="text/html; charset=utf-8")
+                return r.fulfill(body=Path(self.page_file).read_bytes(), content_type="text/html; charset=utf-8")
             f = Path(name)
             if f.is_file() and f.resolve().parent == Path.cwd().resolve():
                 return r.fulfill(path=str(f.resolve()))
@@ -218,11 +224,11 @@ class HtmlTab:
         self.info["blocked"].append(url)  # incl. an earlier page's origin
         return r.abort()
 
-    def render(self):
+    def render(self, image="image.png", fit=False):
         self.n += 1
         self.info, self.inflight = empty_info(), set()
         try:
-            return render_html(self.page, self.origin, self.info, self.inflight)
+            return render_html(self.page, self.origin, self.info, self.inflight, image, fit)
         finally:
             Path("_vc2_browser.json").write_text(json.dumps(self.info, indent=1))
 
@@ -266,10 +272,21 @@ def capped_clip(page):
     return {"x": 0, "y": 0, "width": w, "height": max(1, MAX_RENDER_PIXELS // w)}
 
 
-def render_html(page, origin, info, inflight):
+# The extent of what a page drew (for fit=True), capped as capped_clip caps a screenshot
+EXTENT_JS = """() => { let w = 0, h = 0;
+    for (const e of document.body.querySelectorAll("*")) { const r = e.getBoundingClientRect(); w = Math.max(w, r.right); h = Math.max(h, r.bottom); }
+    return [Math.ceil(w), Math.ceil(h)]; }"""
+
+
+def render_html(page, origin, info, inflight, image="image.png", fit=False):
+    """fit: make the viewport as large as what the page drew (a chart library's page, whose figure has a
+    size of its own: py_show.py), instead of the html tasks' fixed 800 x 600."""
     page.goto(origin + "index.html", wait_until="load")
     settle(page, inflight)                    # fetch("data.csv") and friends
     page.evaluate(RUN_FOR, 5000)              # animations, setTimeout-driven drawing
+    if fit:
+        w, h = page.evaluate(EXTENT_JS)
+        page.set_viewport_size({"width": min(max(w, 64), 6000), "height": min(max(h, 64), 6000)})
     # Work that real browser events start late (ResizeObserver -> Chart.js redraw on a faked
     # requestAnimationFrame) would wait forever on a paused clock, and comes later on a loaded
     # machine: let the clock tick in real time and fast-forward until two screenshots agree.
@@ -284,16 +301,16 @@ def render_html(page, origin, info, inflight):
     for err in info["page_errors"]:
         print(err, file=sys.stderr)
     if info["page_errors"]:
-        return 3 if info["page_errors"][0].startswith("SyntaxError") else 1
-    Path("image.png").write_bytes(shot)
+        return status.EXIT_SYNTAX if info["page_errors"][0].startswith("SyntaxError") else status.EXIT_RUNTIME
+    Path(image).write_bytes(shot)
     # A page of text is not a chart: a 135M model's JavaScript pasted into <body> renders as
     # readable text, which the blank check would call a picture. Require something drawn: a
     # canvas, an svg with content, a loaded image, or a box with a (non-white) colour, image or border.
     info["drawn"] = page.evaluate(DRAWN_JS)
     if not info["drawn"]:
         print("the page shows only text: no canvas, svg, image or coloured/bordered box was drawn", file=sys.stderr)
-        return 5
-    return 0
+        return status.EXIT_TEXT_ONLY
+    return status.EXIT_OK
 
 
 def new_mermaid_page(browser, vendor):
@@ -311,14 +328,14 @@ def render_mermaid(page):
     res = page.evaluate(MERMAID_JS, Path("diagram.mmd").read_text(encoding="utf-8"))
     if res["kind"] != "ok":
         print(res["msg"], file=sys.stderr)
-        return 3 if res["kind"] == "syntax" else 1
+        return status.EXIT_SYNTAX if res["kind"] == "syntax" else status.EXIT_RUNTIME
     box = page.locator("#out").bounding_box() or {"x": 0, "y": 0, "width": 1, "height": 1}
     if box["width"] * box["height"] > MAX_RENDER_PIXELS:  # a huge diagram: its top-left part, capped
         box["height"] = max(1, MAX_RENDER_PIXELS // max(int(box["width"]), 1))
         page.screenshot(path=str(Path("image.png").resolve()), clip=box, full_page=True)
     else:
         page.locator("#out").screenshot(path=str(Path("image.png").resolve()))
-    return 0
+    return status.EXIT_OK
 
 
 def launch(pw):
@@ -332,10 +349,23 @@ def main():
             browser = launch(pw)
         except PlaywrightError as e:
             print(f"browser did not start: {e}", file=sys.stderr)
-            return 4
+            return status.EXIT_INFRA
         code = render(browser, kind, vendor)
         browser.close()
     return code
+
+
+def snapshot(page_file, png_file, vendor):
+    """Screenshot a page that a Python chart library wrote (bokeh, pyecharts: see py_show.py) into
+    png_file, in a browser of its own, exactly as an html task's page (offline, vendored scripts, the
+    clock run forward). Returns render_html's exit code and the page's errors."""
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            tab = HtmlTab(browser, Path(vendor), page_file=page_file)
+            return tab.render(image=png_file, fit=True), tab.info["page_errors"]
+        finally:
+            browser.close()
 
 
 if __name__ == "__main__":

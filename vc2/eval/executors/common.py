@@ -1,21 +1,26 @@
-"""What every language executor shares: the Outcome record and one sandboxed call that sorts out the
-failures that are never the model's fault (missing tool, unreachable interpreter) from the rest."""
+"""What every language's renderer shares: the Outcome record, one sandboxed call that sorts out the
+failures that are never the model's fault (missing tool, unreachable interpreter) from the rest, and
+small helpers (log trimming, page cropping, versions, the images a program wrote)."""
+import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vc2.eval import images, sandbox
+from vc2.eval.executors.status import EXIT_INFRA, EXIT_OK, EXIT_SANDBOX, EXIT_SYNTAX, EXIT_TEXT_ONLY, Status
+from vc2.eval.warm import WarmJob
 
-STATUSES = ("pass", "syntax_error", "runtime_error", "timeout", "no_image", "blank_image", "infra_error")
 INSTALL_HINT = "install the renderers with `bash sandbox_images/install_host.sh`"
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent   # the drivers: what runs inside the sandbox
+VENDOR = HERE.parent / "assets" / "vendor"  # vendored chart libraries, served to pages for their CDN URLs
 
 
 @dataclass
 class Outcome:
-    status: str                 # one of STATUSES
+    status: Status              # a Status (a plain string is converted)
     error: str = ""             # trimmed stderr / the useful part of a log
     image: Path | None = None   # the first rendered PNG (copied into the workdir)
     wall_s: float = 0.0
@@ -23,15 +28,15 @@ class Outcome:
     detail: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        assert self.status in STATUSES, self.status
+        self.status = Status(self.status)  # ValueError for a status that does not exist
 
 
 def driver_failure(res, detail=None):
-    """Our driver scripts (py_driver, vl_driver, browser_driver) exit 3 for a syntax error and with any
+    """Our drivers (py_driver, vl_driver, r_driver...) exit EXIT_SYNTAX for a syntax error and with any
     other non-zero code for a runtime error. Returns that failure as an Outcome, or None on success."""
-    if res.returncode == 0:
+    if res.returncode == EXIT_OK:
         return None
-    status = "syntax_error" if res.returncode == 3 else "runtime_error"
+    status = Status.SYNTAX_ERROR if res.returncode == EXIT_SYNTAX else Status.RUNTIME_ERROR
     return Outcome(status, trim(res.stderr), detail=detail or {})
 
 
@@ -41,31 +46,96 @@ def trim(text, limit=3000):
     return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
-def execute(cmd, workdir, mode, timeout_s, warm=None, **limits):
+def execute(cmd, workdir, mode, timeout_s, pool=None, job=None, **limits):
     """sandbox.run + the generic verdicts. Returns (Result, Outcome-or-None); None = the caller decides.
 
-    warm: (WarmPool, WarmJob) to render in a warm server instead; the pool answers None when the task
-    must run cold, and then `cmd` runs as usual. Both paths give the same Result for the same program.
+    pool, job: a WarmPool and the WarmJob to render in one of its servers instead; the pool answers
+    None when the task must run cold, and then `cmd` runs as usual. Both paths give the same Result for
+    the same program.
     """
     res = None
-    if warm is not None:
-        pool, job = warm
+    if pool is not None:
         res = pool.run(job, workdir, mode, timeout_s, **limits)
     if res is None:
         res = sandbox.run(cmd, workdir, timeout_s=timeout_s, mode=mode, **limits)
     if res.timed_out:
-        return res, Outcome("timeout", f"killed after {timeout_s:.0f} s wall-clock", wall_s=res.wall_s,
+        return res, Outcome(Status.TIMEOUT, f"killed after {timeout_s:.0f} s wall-clock", wall_s=res.wall_s,
                             detail={"stderr_tail": trim(res.stderr, 500)})
     # prlimit/setpriv could not start the tool (e.g. the interpreter lives in /root and the sandbox user
     # cannot reach it in plain mode), a container engine could not (exit 125-127 with its "Error: ..."),
     # or the sandbox's own set-up failed: the machine's problem, not the code's.
     engine = mode in ("docker", "podman") and res.returncode in (125, 126, 127) and \
         ("executable file not found" in res.stderr or res.stderr.lstrip().startswith("Error:"))
-    ours = res.returncode == 125 and ("seccomp_exec:" in res.stderr or "[vc2 sandbox]" in res.stderr)
+    ours = res.returncode == EXIT_SANDBOX and ("seccomp_exec:" in res.stderr or "[vc2 sandbox]" in res.stderr)
     if engine or ours or res.returncode in (126, 127) and "failed to execute" in res.stderr:
-        return res, Outcome("infra_error", f"{trim(res.stderr, 500)}\n(the sandbox user cannot run the "
+        return res, Outcome(Status.INFRA_ERROR, f"{trim(res.stderr, 500)}\n(the sandbox user cannot run the "
                             f"tool in mode {mode!r}; use bwrap/unshare or make it readable)")
     return res, None
+
+
+def browser_render(kind, workdir, mode, timeout_s, warm=None):
+    """HTML and Mermaid: run browser_driver.py (`kind` "html" or "mermaid"), map its exit code to an Outcome."""
+    res, out = execute([sys.executable, "-I", HERE / "browser_driver.py", kind, VENDOR], workdir, mode, timeout_s,
+                       mem_mb=8192, nproc=1024,  # Chromium: many threads, big V8 heaps
+                       pool=warm, job=WarmJob("browser", task_args=(kind, VENDOR)))
+    if out:
+        return out
+    info = workdir / "_vc2_browser.json"
+    detail = json.loads(info.read_text()) if info.exists() else {}
+    err = trim(res.stderr)
+    png = workdir / "image.png"
+    if res.returncode == EXIT_INFRA:
+        return Outcome(Status.INFRA_ERROR, err, detail=detail)
+    if res.returncode == EXIT_TEXT_ONLY:  # the page rendered, but only text (or nothing at all): no chart was drawn
+        why = png.exists() and images.blank_reason(png)
+        if why:
+            return Outcome(Status.BLANK_IMAGE, f"the image is blank: {why}", image=png, detail=detail)
+        return Outcome(Status.NO_IMAGE, err, detail=detail)
+    failed = driver_failure(res, detail)
+    if failed:
+        return failed
+    return Outcome(Status.PASS, image=png, detail=detail) if png.exists() else Outcome(Status.NO_IMAGE, err, detail=detail)
+
+
+RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".tif", ".tiff")
+# A PDF page as PNG, at most MAX_RENDER_PIXELS ($1; pdftoppm scales a huge page down itself, see latex.py)
+PDF_TO_PNG = ('pdftoppm -png -r 150 $(pdfinfo "$0" 2>/dev/null | awk -v lim="$1" '
+              "'/^Page size:/ {w = $3 * 150 / 72; h = $5 * 150 / 72; "
+              "if (w * h > lim) printf \"-scale-to %d\", (w > h ? w : h) * sqrt(lim / (w * h))}') "
+              '-f 1 -l 1 -singlefile "$0" _vc2_pdf')
+
+
+def written_image(workdir, before, mode, timeout_s, vector=(".svg",), fallback=()):
+    """For programs that write their picture to a file of their choosing (R, C++, JavaScript,
+    TypeScript): the first new image file in name order (then the `fallback` files, e.g. R's default
+    device pages), as an Outcome with a PNG. Rasters are decoded on the host through images.open_rgb
+    (UnusableImage if they do not decode); `vector` formats (.svg, .pdf) are rasterised in the sandbox,
+    by rsvg-convert or pdftoppm, since their bytes are the program's."""
+    found = sorted(p for p in workdir.iterdir() if p.is_file() and not p.is_symlink() and p.name not in before
+                   and p.suffix.lower() in RASTER + tuple(vector) and not p.name.startswith("_vc2_"))
+    found += [p for p in fallback if p.is_file() and not p.is_symlink()]
+    if not found:
+        return Outcome(Status.NO_IMAGE, "the program ran but wrote no image file (PNG, SVG, PPM, ... in its "
+                                        "working directory)")
+    src, detail = found[0], {"images": [p.name for p in found]}
+    if src.suffix.lower() in RASTER:
+        rgb = images.open_rgb(src)
+        if rgb is None:
+            return Outcome(Status.BLANK_IMAGE, f"the image is blank: {src.name} is fully transparent", detail=detail)
+        rgb.save(workdir / "_vc2_image.png")
+    else:
+        if src.suffix.lower() == ".svg":
+            cmd = ["rsvg-convert", "--background-color=white", "--output=_vc2_image.png", src.name]
+        else:
+            cmd = ["/bin/sh", "-c", PDF_TO_PNG, src.name, str(images.MAX_RENDER_PIXELS)]
+        res, out = execute(cmd, workdir, mode, timeout_s)
+        if out:
+            return out
+        made = workdir / ("_vc2_image.png" if src.suffix.lower() == ".svg" else "_vc2_pdf.png")
+        if res.returncode != 0 or not made.is_file():
+            return Outcome(Status.NO_IMAGE, f"{src.name} cannot be drawn: {trim(res.stderr, 1000)}", detail=detail)
+        made.replace(workdir / "_vc2_image.png")
+    return Outcome(Status.PASS, image=workdir / "_vc2_image.png", detail=detail)
 
 
 def crop(png, margin=20):

@@ -1,12 +1,13 @@
 ;; Runs inside the sandbox: LilyPond's start-up (Guile, its Scheme modules, declarations-init.ly),
 ;; paid once, then one fork per score. Started by warm_server.py as
-;;     lilypond <the cold run's options> -e '(load "lily_server.scm")' _vc2_none.ly
+;;     lilypond <the cold run's options> -e '(define vc2-exit-engine EXIT_ENGINE) (load "lily_server.scm")' _vc2_none.ly
 ;; -e code runs at the top of lilypond-main, before any file; this loop never returns to it.
 ;; Protocol, one line each way: "DIR<TAB>LOG<TAB>CPU_S<TAB>DATA_BYTES<TAB>FSIZE_BYTES" in, the
 ;; child's exit status out. The child chdirs to DIR, logs to LOG, and processes DIR/score.ly the
 ;; way lilypond-all and lilypond-main do for one file, so its log and exit code are the cold run's.
-;; Status 70: an exception escaped (our glue, not a score error, which lilypond logs and survives):
-;; warm_server.py then reports the engine as broken and the task is run cold.
+;; Status vc2-exit-engine (status.py's EXIT_ENGINE; warm_server.py defines it before loading this file):
+;; an exception escaped (our glue, not a score error, which lilypond logs and survives): warm_server.py
+;; then reports the engine as broken and the task is run cold.
 ;; Isolation, as warm_server.py does it for Python: this process is not dumpable; each score runs in a
 ;; user + pid namespace of its own (unshare(2) through Guile's C FFI), under a small init (pid 1 there)
 ;; that reports the score process's wait status on a pipe; the score process has no capabilities and
@@ -79,7 +80,7 @@
       (run-child (list-ref f 0) (list-ref f 1) (num f 2) (num f 3) (num f 4)))
     (lambda (key . args)          ; ly:exit -> (exit N) throws 'quit; anything else is ours
       (flush-all-ports)
-      (primitive-exit (if (and (eq? key 'quit) (pair? args) (integer? (car args))) (car args) 70)))))
+      (primitive-exit (if (and (eq? key 'quit) (pair? args) (integer? (car args))) (car args) vc2-exit-engine)))))
 
 (define (task-init f report)            ; pid 1 of the task's namespace: run the score, reap, report
   (let ((t (primitive-fork)))
@@ -108,14 +109,14 @@
               (let ((init (primitive-fork)))
                 (if (= init 0)
                     (task-init f (cdr report))
-                    (primitive-exit (let ((st (cdr (waitpid init)))) (if (eqv? (status:exit-val st) 0) 0 70))))))
-            (lambda args (primitive-exit 70)))
+                    (primitive-exit (let ((st (cdr (waitpid init)))) (if (eqv? (status:exit-val st) 0) 0 vc2-exit-engine))))))
+            (lambda args (primitive-exit vc2-exit-engine)))
           (begin
             (close-port (cdr report))
             (let* ((st (cdr (waitpid pid)))
                    (reported (read-line (car report))))
               (close-port (car report))
-              (display (if (and (eqv? (status:exit-val st) 0) (string? reported)) reported 70))
+              (display (if (and (eqv? (status:exit-val st) 0) (string? reported)) reported vc2-exit-engine))
               (newline)
               (force-output)
               (loop)))))))

@@ -3,9 +3,11 @@
 Used by the sandbox's unshare and plain modes (bwrap loads the same filter itself with --seccomp).
 FD holds the BPF program that vc2.eval.sandbox.seccomp_bpf() made with libseccomp; filters survive
 exec and are inherited by every child, so everything the command starts runs under it. Standard
-library only: this runs before the interpreter may import anything else.
+library only: this runs before the interpreter may import anything else. Exit EXIT_SANDBOX (status.py)
+when the filter cannot be loaded.
 """
 import ctypes
+import importlib.util
 import os
 import sys
 
@@ -27,7 +29,10 @@ def main():
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or \
             libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         print(f"seccomp_exec: cannot load the filter: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
-        return 125
+        spec = importlib.util.spec_from_file_location("_vc2_status", os.path.join(os.path.dirname(__file__), "status.py"))
+        status = importlib.util.module_from_spec(spec)  # by path: never vc2 (see status.py)
+        spec.loader.exec_module(status)
+        return status.EXIT_SANDBOX
     os.execvp(argv[0], argv)
 
 

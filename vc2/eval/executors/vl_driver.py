@@ -3,17 +3,23 @@
     python -I vl_driver.py        # cold: one interpreter (and one V8 start-up) per task
     main()                        # warm: called by warm_server.py, whose converter is already running
 
-Exit codes: 0 rendered, 3 the spec is not valid JSON / not an object, 1 vl-convert refused it.
+Exit codes (status.py): EXIT_OK rendered, EXIT_SYNTAX the spec is not valid JSON / not an object,
+EXIT_RUNTIME vl-convert refused it.
 data.csv: every `"url"` whose file name is data.csv is replaced by the CSV text inline (format csv,
 so types are inferred exactly as for a loaded file), layered and nested specs included.
 allowed_base_urls=[] makes any other http(s) URL an error instead of a silently empty chart; it does
 not cover file: URLs (data or image marks), so a spec that names one anywhere is refused here (exit 1),
 whether it would have read a file or drawn an empty chart.
 """
+import importlib.util
 import json
 import os
 import re
 import sys
+
+_spec = importlib.util.spec_from_file_location("_vc2_status", os.path.join(os.path.dirname(os.path.abspath(__file__)), "status.py"))
+status = importlib.util.module_from_spec(_spec)  # by path: drivers never import vc2 (see status.py)
+_spec.loader.exec_module(status)
 
 FILE_URL = re.compile(r"(?i)(?<![\w.-])file:")
 
@@ -46,12 +52,12 @@ def main():
         assert isinstance(spec, dict), f"the specification must be a JSON object, not {type(spec).__name__}"
     except (ValueError, AssertionError) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 3
+        return status.EXIT_SYNTAX
     named = file_urls(spec)
     if named:
         print(f"Error: file: URLs are not allowed (the data is data.csv or inline values): {named[0][:200]!r}",
               file=sys.stderr)
-        return 1
+        return status.EXIT_RUNTIME
     csv = open("data.csv", encoding="utf-8").read() if os.path.exists("data.csv") else None
     spec = inline(spec, csv)
     import vl_convert as vlc
@@ -64,9 +70,9 @@ def main():
     except Exception as e:  # keep the message, drop V8's stack lines ("    at ...")
         msg = "\n".join(l for l in str(e).splitlines() if not l.lstrip().startswith("at "))
         print(f"{type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+        return status.EXIT_RUNTIME
     open("image.png", "wb").write(png)
-    return 0
+    return status.EXIT_OK
 
 
 if __name__ == "__main__":

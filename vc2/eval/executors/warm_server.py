@@ -59,6 +59,9 @@ def load(name):
     return mod
 
 
+status = load("status")
+
+
 # ---------------------------------------------------------------------------------------------
 # cleaning up after a task
 
@@ -206,7 +209,7 @@ class Prefork:
         sys.stderr.flush()
         self.pid = os.fork()
         if self.pid == 0:
-            code = 70
+            code = status.EXIT_ENGINE
             try:
                 os.dup2(os.open("/dev/null", os.O_RDWR), 0)  # the server's request pipe: not ours to read
                 os.dup2(0, 1)                                # the host's answer channel: gone
@@ -280,7 +283,7 @@ def start_python():
     driver = load("py_driver")
 
     def body(req):  # the task, in its own namespaces: never returns
-        code = 70
+        code = status.EXIT_ENGINE
         try:
             os.chdir(req["dir"])
             os.environ.clear()
@@ -298,7 +301,7 @@ def start_python():
             sys.argv = ["plot.py"]
             code = driver.main()
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+            code = e.code if isinstance(e.code, int) else status.EXIT_RUNTIME
         except BaseException:
             traceback.print_exc()
         finally:
@@ -356,8 +359,10 @@ def start_browser():
 
 
 def start_lilypond():
-    # lily_server.scm makes itself undumpable and runs each score in namespaces of its own
-    engine = subprocess.Popen(["lilypond", *sys.argv[2:], "-e", f'(load "{HERE / "lily_server.scm"}")', "_vc2_none.ly"],
+    # lily_server.scm makes itself undumpable and runs each score in namespaces of its own. Scheme cannot
+    # load status.py: it gets the one exit code it needs defined before it is loaded.
+    scheme = f'(define vc2-exit-engine {status.EXIT_ENGINE}) (load "{HERE / "lily_server.scm"}")'
+    engine = subprocess.Popen(["lilypond", *sys.argv[2:], "-e", scheme, "_vc2_none.ly"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if engine.stdout.readline().strip() != "ready":
         raise RuntimeError(f"lilypond did not start (exit {engine.poll()})")
@@ -367,7 +372,7 @@ def start_lilypond():
         engine.stdin.write(f"{req['dir']}\t{req['err']}\t{lim['cpu']}\t{lim['data']}\t{lim['fsize']}\n")
         engine.stdin.flush()
         line = engine.stdout.readline().strip()
-        if not line.lstrip("-").isdigit() or int(line) == 70:
+        if not line.lstrip("-").isdigit() or int(line) == status.EXIT_ENGINE:
             raise RuntimeError(f"the lilypond engine failed ({line or 'it exited'})")
         open(req["out"], "w").close()
         return int(line)

@@ -5,20 +5,17 @@ Source in score.ly. Any `error:` line in the log fails the task even when lilypo
 something (it carries on after most errors, e.g. a Guile error in embedded Scheme): "syntax error" /
 "unknown escaped string" / "not a note name" are syntax_error, the rest runtime_error. A multi-page
 score passes with page 1 as the image and every page listed in detail["images"] (it was a failure in
-the original harness). Measured here: median 1.8 s per score cold, 1.6 s of it start-up; warm
-(vc2/eval/warm.py) a Guile loop (lily_server.scm) pays that once and forks per score: ~0.6 s, with the
-same log, exit code and byte-identical PNG.
+the original harness). Most of a cold score is LilyPond's start-up; warm (vc2/eval/warm.py) a Guile
+loop (lily_server.scm) pays that once and forks per score, with the same log, exit code and
+byte-identical PNG.
 """
 import re
 
-from vc2.eval.warm import WarmJob
 from vc2.eval import images
 from vc2.eval.executors.common import Outcome, crop, execute, png_size, tool_version, trim
+from vc2.eval.languages import Language
+from vc2.eval.warm import WarmJob
 
-TOOLS = ["lilypond"]
-MODULES = []
-TIMEOUT_S = 120.0
-WARM = True
 RESOLUTION = 110
 OPTIONS = ("--png", f"-dresolution={RESOLUTION}", "-dno-point-and-click", "-dinclude-settings=_vc2_settings.ly", "-o", "score")
 SYNTAX = re.compile(r"syntax error|unknown escaped string|not a note name|unterminated|unexpected|"
@@ -31,7 +28,7 @@ def render(code, workdir, mode, timeout_s, warm=None):
     # included before the score, so a tagline the code sets itself still wins
     (workdir / "_vc2_settings.ly").write_text("\\header { tagline = ##f }\n")
     res, out = execute(["lilypond", *OPTIONS, "score.ly"], workdir, mode, timeout_s, mem_mb=4096,
-                       warm=warm and (warm, WarmJob("lilypond", server_args=OPTIONS)))
+                       pool=warm, job=WarmJob("lilypond", server_args=OPTIONS))
     if out:
         return out
     log = res.stderr + res.stdout
@@ -64,3 +61,17 @@ def render(code, workdir, mode, timeout_s, warm=None):
 
 def version():
     return "lilypond " + tool_version(["lilypond", "--version"], r"LilyPond (\S+)")
+
+
+LANGUAGE = Language(
+    name="lilypond", display="LilyPond", aliases=("ly",), benchmark=3,
+    fence="lilypond", tags=frozenset({"lilypond", "ly", "lily"}),
+    instruction="You engrave music with LilyPond. Write one complete LilyPond file that engraves the music "
+                "described below; start it with a \\version line (e.g. \\version \"2.24.0\"). Reply with "
+                "the whole file in a single ```{fence} code block.",
+    no_image_hint="Make sure the file contains music to engrave (a \\score or top-level music expression).",
+    looks_complete=lambda c: re.search(r"\\(version|score|relative|new|fixed|header|markup)|\{", c) is not None,
+    missing_dependency=r"cannot find file: `([^']+)'",
+    render=render, version=version, timeout_s=120.0, warm=True,
+    tools=("lilypond",), image="lilypond", apt=("lilypond",),
+)

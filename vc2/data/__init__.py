@@ -115,10 +115,21 @@ def _parquet_rows(path: Path, row_group=None):
         yield row
 
 
-def _iter_file(path: Path):
-    """(line_number, row or JSONDecodeError) for a .jsonl file, or (row_index + 1, row) for .parquet."""
+def iter_rows(path: Path):
+    """(line_number, row or JSONDecodeError) for a .jsonl file, or (row_index + 1, row) for .parquet
+    (read a batch at a time: a shard of a large dataset never has to fit in memory as Python objects)."""
     if path.suffix == ".parquet":
-        yield from enumerate(_parquet_rows(path), 1)
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{path}: reading parquet needs pyarrow: pip install -e '.[data]'") from None
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                if isinstance(row.get("messages"), str):  # some exports store messages as a JSON string
+                    row["messages"] = json.loads(row["messages"])
+                yield n, row
         return
     yield from read_jsonl(path)
 
@@ -158,10 +169,10 @@ def data_files(paths) -> list[Path]:
 
 
 def load_conversations(paths, strict=False, max_problems=5):
-    """Read rows from .jsonl/.parquet files (or directories of them) into memory. Returns (rows, LoadReport)."""
+    """Read rows from .jsonl/.parquet files (or directories of them). Returns (rows, LoadReport)."""
     rows, report = [], LoadReport()
     for file in data_files(paths):
-        for n, row in _iter_file(file):
+        for n, row in iter_rows(file):
             problem = f"not valid JSON ({row})" if isinstance(row, json.JSONDecodeError) else row_problem(row)
             if problem:
                 if strict:

@@ -4,16 +4,14 @@ module (OpenGL needs a display; headless asy prints "freeglut: failed to open di
 The source is written to figure.asy (a file named after a module, e.g. three.asy, fails with
 "recursive loading"). Parse errors ("syntax error", "unexpected end of input") are syntax_error;
 everything else asy reports (undefined names, divide by zero, abort()) is a runtime_error. asy's
--safe mode (the default) forbids system calls. Measured here: median 0.47 s for a 2D figure, about 1.2 s 3D.
+-safe mode (the default) forbids system calls.
 """
 import re
 
 from vc2.eval import images
 from vc2.eval.executors.common import Outcome, execute, png_size, tool_version, trim
+from vc2.eval.languages import Language
 
-TOOLS = ["asy", "gs", "xvfb-run"]
-MODULES = []
-TIMEOUT_S = 120.0
 RENDER = 2  # pixels per bp
 THREE_D = re.compile(r"^\s*(import|access)\s+(three|graph3|solids|bsp|contour3|tube|obj|grid3|smoothcontour3)\b", re.M)
 SYNTAX = re.compile(r"syntax error|unexpected end of input|unterminated (string|comment)")
@@ -48,3 +46,17 @@ def render(code, workdir, mode, timeout_s):
 
 def version():
     return "asy " + tool_version(["asy", "--version"], r"version (\S+)")
+
+
+LANGUAGE = Language(
+    name="asymptote", display="Asymptote", aliases=("asy",), benchmark=7,
+    fence="asy", tags=frozenset({"asy", "asymptote"}),
+    instruction="You draw figures with Asymptote. Write one complete Asymptote program that draws the figure "
+                "described below; it is compiled with `asy -f png`. Reply with the whole program in a single "
+                "```{fence} code block.",
+    data="code",  # the benchmark's data is Asymptote definitions, pasted into the prompt
+    looks_complete=lambda c: re.search(r"\b(draw|fill|filldraw|label|dot|size|import|shipout)\b", c) is not None,
+    missing_dependency=r"could not load module '([^']+)'",
+    render=render, version=version, timeout_s=120.0,
+    tools=("asy", "gs", "xvfb-run"), image="tex", apt=("asymptote", "ghostscript", "xvfb", "xauth"),
+)
