@@ -80,7 +80,8 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
     Three situations:
       * plain batch (no cu_seqlens, no mask): causal over each row.
       * packed row (B=1, cu_seqlens): causal inside each document, nothing across documents.
-      * explicit boolean attn_mask (B, 1, T, S), True = may attend: the KV-cache / left-padding path.
+      * explicit boolean attn_mask (B, 1, T, S), True = may attend (e.g. a left-padded batch);
+        the KV-cache path does not come here: the cache attends itself (vc2/engine.py).
     `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA; on CPU
     "sdpa_loop" (one SDPA call per document). On the 2-core CPU (bench/bench_attention.py, 2048 tokens,
     5 documents) it is ~2x faster than one SDPA call with an (N, N) block-diagonal mask ("sdpa_mask") in
@@ -90,8 +91,7 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
     B, T, H, hd = q.shape
     K = k.shape[2]
     if attn_mask is not None or cu_seqlens is None:
-        # SDPA wants (B, n, T, hd). With T == 1 against a longer cache, is_causal would align the mask
-        # top-left (attend to key 0 only), so the cache path always passes an explicit mask.
+        # SDPA wants (B, n, T, hd)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            enable_gqa=H != K)
@@ -153,9 +153,10 @@ class Attention(nn.Module):
         qk = apply_rope(qk.view(B, T, H + K, hd), cos, sin)  # q and k side by side: one rotation for both
         q, k = qk.split([H, K], dim=2)                       # (B, T, H, hd), (B, T, K, hd)
         v = v.view(B, T, K, hd)                               # (B, T, K, hd)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, S, K, hd): everything cached so far
-        y = attention(q, k, v, cu_seqlens, max_seqlen, attn_mask, self.backend)  # (B, T, H, hd)
+        if kv_cache is not None:  # the cache stores k/v and attends over each row's cache (vc2/engine.py)
+            y = kv_cache.attend(self.layer_idx, q, k, v)  # (B, T, H, hd)
+        else:
+            y = attention(q, k, v, cu_seqlens, max_seqlen, attn_mask, self.backend)  # (B, T, H, hd)
         return self.o(y.reshape(B, T, H * hd))
 
 
@@ -223,13 +224,14 @@ class Transformer(nn.Module):
 
         position_ids (B, T): defaults to 0..T-1 (offset by the cache fill when a kv_cache is given).
         cu_seqlens (n_docs+1,) int32 with B == 1: a packed row; position_ids must restart at 0 per document.
-        kv_cache: an object with .update(layer_idx, k, v) -> (k_all, v_all) and .pos (see vc2/sample.py);
-        attn_mask (B, 1, T, S) bool goes with it.
+        kv_cache: an object with .attend(layer_idx, q, k, v) -> attention output, which writes the new
+        keys/values into the cache and attends over what each row has cached (vc2/engine.py); it needs
+        position_ids. attn_mask (B, 1, T, S) bool: an explicit mask for a plain batch.
         """
         B, T = input_ids.shape
         if position_ids is None:
-            start = kv_cache.pos if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            assert kv_cache is None, "a kv_cache forward needs position_ids (each row's cache position)"
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.embed(input_ids)  # (B, T, D)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for block in self.layers:
