@@ -272,11 +272,13 @@ class Engine:
     check_every: decode steps between host reads (1 on CPU, 8 on CUDA).
     cuda_graphs: capture the decode step per batch bucket (default on CUDA); compile: also torch.compile it.
     lookup_tokens / lookup_ngram: prompt-lookup draft length and the longest n-gram matched (0 = off).
+    schedule: 'continuous', or 'static' (admit only when every row has finished: the static batching
+    vc2.generate did before this engine, kept as the benchmark's baseline).
     """
 
     def __init__(self, model, slots=8, max_len=None, layout="auto", kv_tokens=None, page_size=None,
                  prefill_chunk=None, attention="auto", check_every=None, cuda_graphs=None, compile=False,
-                 lookup_tokens=8, lookup_ngram=3, vocab_size=None):
+                 lookup_tokens=8, lookup_ngram=3, vocab_size=None, schedule="continuous"):
         cfg = model.config
         p = next(model.parameters())
         self.model, self.device, self.dtype = model, p.device, p.dtype
@@ -285,7 +287,9 @@ class Engine:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if compile and not cuda:
             raise ValueError("compile=True needs CUDA (it compiles the CUDA-graph decode step); CPU runs eagerly")
-        self.n_slots = slots
+        if schedule not in ("continuous", "static"):
+            raise ValueError(f"schedule={schedule!r}: 'continuous' or 'static'")
+        self.n_slots, self.schedule = slots, schedule
         self.max_len = max_len or cfg.max_position_embeddings
         self.reader = choose_attention(self.device, self.dtype, cfg.head_dim) if attention == "auto" else attention
         if self.reader not in READERS:
@@ -411,6 +415,8 @@ class Engine:
             self._decode_window()
 
     def _admit(self):
+        if self.schedule == "static" and self.running:
+            return
         while self.waiting and len(self.running) < self.n_slots:
             r = self.waiting[0]
             seq = r.prompt + r.out  # after a preemption the row continues from its tokens so far
