@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
-# Install every VisPlotBench renderer on a fresh Debian 12 host (run as root, or with sudo):
+# Install everything vc2's executors and tests run, on a fresh Debian 12 host (run as root, or with sudo):
 #   bash sandbox_images/install_host.sh
-# Idempotent: apt/pip skip what is already there. Package lists live beside this script
-# (apt-packages.txt, pip-requirements.txt, npm-packages.txt) so later Dockerfiles reuse them.
-# The JS chart libraries are already vendored in vc2/eval/assets/vendor/ (see vendor_js.sh), so
-# this script needs no npm. It also creates the unprivileged `vc2sandbox` user the sandbox runs as.
-# Measured on the 2-core Debian 12 dev machine (fast mirror): 1 min 43 s from nothing (apt ~1.5 GB on
-# disk) before podman and its base image were added (~1 min more), 15 s when everything is there.
+# That is: the renderers of the eight VisPlotBench languages, the toolchains of the other four VisCode-Multi
+# languages (R, g++, Node, a pinned tsc), the unprivileged `vc2sandbox` user the sandbox runs as, and the
+# local podman base image. Assumes nothing of the base system beyond apt and the Python that runs vc2.
+# Idempotent: what is already there is skipped. Package lists live beside this script (apt-packages.txt,
+# pip-requirements.txt, node-tools.txt) so image build files reuse them. The JS chart libraries are vendored
+# in vc2/eval/assets/vendor/ (see vendor_js.sh, npm-packages.txt), not installed here.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 say() { echo "[install_host] $*"; }
 packages() { grep -v '^\s*#' "$1" | sed 's/#.*//' | grep -v '^\s*$'; }
 
-# 1. Debian packages. --no-install-recommends keeps texlive and chromium lean.
-mapfile -t apt_pkgs < <(packages "$here/apt-packages.txt")
+# 1. Debian packages. --no-install-recommends keeps texlive and chromium lean. A line "package command"
+# skips the package when the command is already on PATH (see apt-packages.txt).
 missing=()
-for p in "${apt_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
+while read -r pkg cmd; do
+  [ -n "${cmd:-}" ] && command -v "$cmd" >/dev/null 2>&1 && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done < <(packages "$here/apt-packages.txt")
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt-get install ${#missing[@]} packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  say "apt: all ${#apt_pkgs[@]} packages already installed"
+  say "apt: all packages already installed"
 fi
 
 # 2. Python packages, pinned. Never `playwright install` or kaleido's Chrome download: both use
@@ -36,6 +37,20 @@ python -m pip install -q -r "$here/pip-requirements.txt"
 if ! id vc2sandbox >/dev/null 2>&1; then
   say "useradd vc2sandbox (system user, no home, no login)"
   $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vc2sandbox
+fi
+
+# 3b. Node tools the sandboxed TypeScript programs need (tsc, Node's type declarations), pinned, into a
+# system path the sandbox user can read. Skipped when the installed versions already match the list.
+node_tools=/opt/vc2/node-tools
+mapfile -t node_pkgs < <(packages "$here/node-tools.txt")
+if ! cmp -s "$here/node-tools.txt" "$node_tools/installed-from.txt"; then
+  say "npm install into $node_tools: ${node_pkgs[*]}"
+  $SUDO mkdir -p "$node_tools"
+  $SUDO npm install --no-save --no-audit --no-fund --loglevel=error --prefix "$node_tools" "${node_pkgs[@]}" >/dev/null
+  $SUDO cp "$here/node-tools.txt" "$node_tools/installed-from.txt"
+  $SUDO chmod -R a+rX "$node_tools"
+else
+  say "node tools already in $node_tools"
 fi
 
 # 4. The local container base image (podman; debootstrap, no registry). The sandbox's "auto" mode

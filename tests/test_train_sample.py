@@ -7,8 +7,8 @@ Languages and how the slow test runs them:
   r          -> Rscript --vanilla plot.R                          (apt: r-base-core)
   cpp        -> g++ -std=c++17 -O1 main.cpp && ./main             (apt: g++)
   javascript -> node main.js                                      (apt: nodejs)
-  typescript -> tsc (typescript@5.6.3 + @types/node@20.17.10, npm-installed once into a cache dir,
-                or $VC2_TSC_DIR holding node_modules/) then node main.js
+  typescript -> tsc (pinned in sandbox_images/node-tools.txt, installed by install_host.sh into
+                /opt/vc2/node-tools, or $VC2_NODE_TOOLS holding node_modules/) then node main.js
 For those four the program must exit 0 and write at least one image file (.png/.ppm/.pgm/.bmp/.svg), which
 must decode and not be a single colour (SVG: parse as XML and render through the svg executor).
 """
@@ -41,7 +41,6 @@ MIN_CORRECTIONS = 18
 MIN_CORRECTION_LANGUAGES = 10
 OTHER_FENCES = {"r": {"r"}, "cpp": {"cpp", "c++"}, "javascript": {"javascript", "js"}, "typescript": {"typescript", "ts"}}
 IMAGE_SUFFIXES = {".png", ".ppm", ".pgm", ".bmp", ".svg"}
-TSC_VERSION, NODE_TYPES_VERSION = "5.6.3", "20.17.10"
 
 
 def load_rows():
@@ -155,16 +154,21 @@ def test_disjoint_from_bundled_eval_tasks():
 # ------------------------------------------------------------------------------------------------------
 # execution of the programs
 
-TSC_INSTALL = (f"npm install --no-save --no-audit --no-fund --prefix ~/.cache/vc2/tsc-{TSC_VERSION} "
-               f"typescript@{TSC_VERSION} @types/node@{NODE_TYPES_VERSION}")
+NODE_TOOLS_LIST = ROOT / "sandbox_images" / "node-tools.txt"
 
 
 def _ts_toolchain():
-    """Directory with node_modules/{typescript,@types/node}: $VC2_TSC_DIR, else the cache dir .ci/run fills.
-    Tests never download: a missing toolchain is a failure that names the install command."""
-    d = Path(os.environ.get("VC2_TSC_DIR") or Path.home() / ".cache" / "vc2" / f"tsc-{TSC_VERSION}")
-    if not (d / "node_modules" / ".bin" / "tsc").exists() or not (d / "node_modules" / "@types" / "node").exists():
-        pytest.fail(f"TypeScript toolchain missing in {d}: run `{TSC_INSTALL}` (as .ci/run does)")
+    """Directory with node_modules/{typescript,@types/node} at the versions node-tools.txt pins: $VC2_NODE_TOOLS,
+    else /opt/vc2/node-tools, where install_host.sh puts them. Tests never download: a missing or stale
+    toolchain is a failure that names the install command."""
+    d = Path(os.environ.get("VC2_NODE_TOOLS") or "/opt/vc2/node-tools")
+    pins = [ln.split("#")[0].strip() for ln in NODE_TOOLS_LIST.read_text().splitlines()]
+    for pin in filter(None, pins):
+        name, version = pin.rsplit("@", 1)
+        pkg = d / "node_modules" / name / "package.json"
+        found = json.loads(pkg.read_text()).get("version") if pkg.is_file() else None
+        if found != version:
+            pytest.fail(f"{pin} missing in {d} (found {found}): run `bash sandbox_images/install_host.sh`")
     return d
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -373,6 +374,8 @@ def smollm2_dir(cache_dir=None) -> Path:
     with open(root / ".smollm2-135m-instruct.lock", "w") as lock:  # two processes: one converts, one waits
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_converted(out, src):
+            print(f"converting the embedded SmolLM2-135M-Instruct GGUF into {out} (once)...",
+                  file=sys.stderr, flush=True)
             convert_gguf(src, out, overwrite=True)
     return out
 

@@ -122,6 +122,7 @@ class Request:
     seed: int = 0
     prompt_lookup: bool = True       # used only where it is exact: greedy, no repetition penalty
     on_token: object = None          # on_token(request, new_ids): called in order as tokens are accepted
+    on_done: object = None           # on_done(request): called once, when it has finished
     out: list = field(default_factory=list)       # generated ids (the stop token excluded)
     finish_reason: str | None = None              # 'eos' | 'budget' | 'context'
     done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -345,7 +346,7 @@ class Engine:
     # --- requests in ----------------------------------------------------------------------------
 
     def add_request(self, prompt, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    stop_ids=(), seed=0, prompt_lookup=True, on_token=None) -> Request:
+                    stop_ids=(), seed=0, prompt_lookup=True, on_token=None, on_done=None) -> Request:
         """Queue a request (thread-safe); it is admitted at the next step with a free slot."""
         prompt = [int(t) for t in prompt]
         if not prompt:
@@ -356,7 +357,7 @@ class Engine:
             raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k} "
                              f"repetition_penalty={repetition_penalty}")
         r = Request(prompt, max_new_tokens, float(temperature), float(top_p), int(top_k), float(repetition_penalty),
-                    frozenset(int(s) for s in stop_ids), int(seed), bool(prompt_lookup), on_token)
+                    frozenset(int(s) for s in stop_ids), int(seed), bool(prompt_lookup), on_token, on_done)
         room = self.max_len - len(prompt)
         r.budget = min(max_new_tokens, room)
         r.cap_reason = "budget" if max_new_tokens <= room else "context"
@@ -364,8 +365,7 @@ class Engine:
             raise ValueError(f"prompt {len(prompt)} + budget {r.budget} tokens does not fit the KV cache "
                              f"({self.capacity} tokens): raise kv_tokens or lower max_new_tokens")
         if r.budget <= 0:  # the prompt fills the context: nothing can be generated
-            r.finish_reason = "context"
-            r.done.set()
+            self._finish(r, "context")
             return r
         with self.inbox_lock:
             self.inbox.append(r)
@@ -732,4 +732,10 @@ class Engine:
             r.on_token(r, new)
         if r.finish_reason is not None:
             self._remove(r)
-            r.done.set()
+            self._finish(r, r.finish_reason)
+
+    def _finish(self, r, reason):
+        r.finish_reason = reason
+        if r.on_done is not None:
+            r.on_done(r)
+        r.done.set()

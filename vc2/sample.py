@@ -78,35 +78,39 @@ def pick_tokens(logits, temperature, generator):
 
 
 def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k=None, repetition_penalty=None,
-             stop_ids=None, seed=None, vocab_size=None, callback=None, compile=False):
+             stop_ids=None, seed=None, vocab_size=None, callback=None, compile=False, on_done=None):
     """Generate continuations of a batch of prompts (lists of token ids, any lengths).
 
-    Returns one list of new token ids per prompt (the stop token excluded). Sampling settings left as
+    Returns one list of new token ids per prompt (the stop token excluded). max_new_tokens is one budget
+    for every row, or a list with one per prompt (e.g. capped by the model's context). Sampling settings left as
     None come from the model's generation_config.json (when it has do_sample true), else greedy;
     stop_ids None -> the config's eos ids. vocab_size: real tokenizer size (defaults to
     model.n_real_tokens when the checkpoint had a tokenizer). callback(row_index, token_id) is called
-    for every token, in order per row (streaming); rows are indices into `prompts`. compile=True (CUDA
-    only) also torch.compiles the CUDA-graph decode step. For many prompts, online requests or a
-    fixed number of slots, use vc2.engine.Engine directly.
+    for every token, in order per row (streaming); rows are indices into `prompts`. on_done(row_index, reason)
+    is called once per row when it ends, reason "eos" (a stop id) or "budget" (its max_new_tokens).
+    compile=True (CUDA only) also torch.compiles the CUDA-graph decode step. For many prompts, online
+    requests or a fixed number of slots, use vc2.engine.Engine directly.
     """
     from vc2.engine import Engine
 
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts) or min(budgets) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1 (one int, or one per prompt), got {max_new_tokens}")
     settings = sampling_settings(model, temperature, top_p, top_k, repetition_penalty)
     stop_ids = default_stop_ids(model) if stop_ids is None else list(stop_ids)
     if compile and next(model.parameters()).device.type != "cuda":
         raise ValueError("compile=True needs CUDA (CUDA graphs); on CPU the eager decode is used")
     seed = torch.seed() if seed is None else seed
-    # no context cap here (as before the engine): the cache holds the longest prompt + max_new_tokens
-    engine = Engine(model, slots=len(prompts), max_len=max(map(len, prompts)) + max_new_tokens,
+    # no context cap here (as before the engine): each row may use its whole budget
+    engine = Engine(model, slots=len(prompts), max_len=max(len(p) + b for p, b in zip(prompts, budgets)),
                     vocab_size=vocab_size, compile=compile)
     reqs = []
-    for i, p in enumerate(prompts):
+    for i, (p, budget) in enumerate(zip(prompts, budgets)):
         on_token = None if callback is None else (lambda r, toks, i=i: [callback(i, t) for t in toks])
-        reqs.append(engine.add_request(p, max_new_tokens, stop_ids=stop_ids, seed=derive_seed(seed, i),
-                                       on_token=on_token, **settings))
+        finished = None if on_done is None else (lambda r, i=i: on_done(i, r.finish_reason))
+        reqs.append(engine.add_request(p, budget, stop_ids=stop_ids, seed=derive_seed(seed, i), on_token=on_token,
+                                       on_done=finished, **settings))
     engine.run()
     return [r.out for r in reqs]

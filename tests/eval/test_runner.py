@@ -48,7 +48,7 @@ class FakeModel:
     def __init__(self):
         self.seen = []
 
-    def __call__(self, conversations, seed):
+    def __call__(self, conversations, seed, progress=None):
         self.seen.append(conversations)
         out = []
         for conv in conversations:

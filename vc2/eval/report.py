@@ -37,16 +37,32 @@ def summarize(tasks, results: dict, rounds: int) -> dict:
         }
     scored = sum(v["scored"] for v in per_lang.values())
     overall = [sum(v["passed_by_round"][r] for v in per_lang.values()) for r in range(rounds + 1)]
+    stops = [dict(Counter(row.get("stop") for (_, rr), row in results.items() if rr == r and row.get("stop")))
+             for r in range(rounds + 1)]
     return {"languages": per_lang, "overall": {
         "scored": scored, "passed_by_round": overall,
         "pass_rate_by_round": [round(100 * p / scored, 1) if scored else None for p in overall],
-        "infra_errors": sum(len(v["infra_errors"]) for v in per_lang.values())}}
+        "infra_errors": sum(len(v["infra_errors"]) for v in per_lang.values()),
+        "stop_reasons_by_round": stops}}
+
+
+def describe_generation(g: dict | None) -> str:
+    """One line for the settings in force (None: fixed answers, nothing generated)."""
+    if not g:
+        return "none (fixed answers)"
+    mode = "greedy" if g["temperature"] == 0 else (f"temperature {g['temperature']}, top_p {g['top_p']}, "
+                                                   f"top_k {g['top_k'] or 'off'}, seed {g['seed']}")
+    text = (f"{g['sampling']} settings: {mode}, repetition_penalty {g['repetition_penalty']}, "
+            f"max_new_tokens {g['max_new_tokens']} (capped at context {g['context']} minus the prompt), "
+            f"stop at eos ids {g.get('stop_ids')}")
+    return text + (f"; note: {g['note']}" if g.get("note") else "")
 
 
 def markdown(summary: dict, rounds: int, meta: dict) -> str:
     heads = ["Language", "Tasks"] + ["Exec pass (init)"] + [f"+ self-debug r{r}" for r in range(1, rounds + 1)] + ["Infra errors"]
     lines = [f"# VisPlotBench-style execution pass rate", "",
              f"Answers: `{meta.get('source')}`. Sandbox: `{meta.get('sandbox')}`.", "",
+             f"Generation: {describe_generation(meta.get('generation'))}.", "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
 
     def row(name, v, n):
@@ -62,6 +78,10 @@ def markdown(summary: dict, rounds: int, meta: dict) -> str:
         fails.update(v["final_failures"])
     if fails:
         lines += ["", "Final failure kinds: " + ", ".join(f"{k} {n}" for k, n in fails.most_common())]
+    stops = summary["overall"].get("stop_reasons_by_round") or []
+    if any(stops):
+        lines += ["", "Why generation stopped (attempts per round): " + "; ".join(
+            f"r{r}: " + ", ".join(f"{k} {n}" for k, n in sorted(c.items())) for r, c in enumerate(stops) if c)]
     infra = [k for v in summary["languages"].values() for k in v["infra_errors"]]
     if infra:
         lines += ["", f"**{len(infra)} task(s) not scored because of infra errors** (see results.jsonl): " + ", ".join(infra[:20])]

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -36,19 +36,108 @@ INFRA = "infra_error"
 # ---------------------------------------------------------------------------------------------------
 # answer sources: a model, the reference solutions, or a file of responses
 
-class ModelAnswers:
-    """Batched chat generation with a vc2 model; answers(list of message lists) -> list of strings."""
+# VisPlotBench's generation protocol for local models (its vLLM engine): greedy, no repetition penalty,
+# up to 5,000 new tokens, stop at the model's eos ids. (Its OpenAI engine uses 3,000 tokens.)
+PROTOCOL_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
+PROTOCOL_MAX_NEW_TOKENS = 5000
 
-    def __init__(self, model, tokenizer, max_new_tokens, batch_size, **sampling):
-        self.model, self.tok, self.max_new_tokens, self.batch_size = model, tokenizer, max_new_tokens, batch_size
-        self.sampling = sampling
+
+@dataclass
+class Answer:
+    """One generated answer and why generation stopped: "eos" (a stop id), "budget" (max_new_tokens) or
+    "context" (the prompt plus the answer reached the model's max_position_embeddings)."""
+    text: str
+    stop: str | None = None
+    prompt_tokens: int | None = None
+    new_tokens: int | None = None
+
+
+class GenerationProgress:
+    """The live generation line of a round: rows generating and waiting, tokens so far, tokens/s, ETA.
+
+    An answer source reports `start(i)` when row i enters the model, `token(i)` per generated token and
+    `done(i)` when it ends; `wait(n)` adds rows to the queue. That fits a static batch (a batch's rows all
+    start together, later batches wait) and a slot engine (a row starts when a slot frees) alike.
+    The bar counts tokens; its total, and so tqdm's ETA, is an estimate: rows still to come are assumed as
+    long as the mean finished answer so far, or the whole budget before any has finished (an upper bound).
+    """
+
+    def __init__(self, desc, budget):
+        self.budget, self.waiting, self.live, self.n_done, self.done_tokens = budget, 0, {}, 0, 0
+        self.bar = tqdm(total=0, desc=desc, unit="tok", dynamic_ncols=True, smoothing=0.1, position=0)
+
+    def wait(self, n):
+        self.waiting += n
+        self._refresh()
+
+    def start(self, i):
+        self.waiting -= 1
+        self.live[i] = 0
+        self._refresh()
+
+    def token(self, i):
+        self.live[i] += 1
+        self.bar.update(1)
+        if self.bar.n % 16 == 0:
+            self._refresh(redraw=False)  # tqdm redraws at most every 0.1 s by itself
+
+    def done(self, i):
+        self.done_tokens += self.live.pop(i)
+        self.n_done += 1
+        self._refresh()
+
+    def _refresh(self, redraw=True):
+        expect = self.done_tokens / self.n_done if self.n_done else self.budget
+        todo = sum(max(expect - n, 0) for n in self.live.values()) + self.waiting * expect
+        self.bar.total = int(self.bar.n + todo)
+        self.bar.set_postfix_str(f"rows: {len(self.live)} generating, {self.waiting} waiting, {self.n_done} done",
+                                 refresh=redraw)
+
+    def close(self):
+        self.bar.total = self.bar.n
+        self.bar.close()
+
+
+class ModelAnswers:
+    """Batched chat generation with a vc2 model: __call__(list of message lists) -> list of Answers.
+
+    `settings` are the resolved generation settings (run_eval.py: the benchmark's protocol by default):
+    temperature, top_p, top_k, repetition_penalty, max_new_tokens. Each row's budget is capped so that
+    prompt + answer never exceeds the model's context (max_position_embeddings).
+    """
+
+    def __init__(self, model, tokenizer, settings: dict, batch_size):
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        self.settings = {k: settings[k] for k in PROTOCOL_SAMPLING}
+        self.max_new_tokens = settings["max_new_tokens"]
+        self.context = model.config.max_position_embeddings
         self.name = str(getattr(model, "source_dir", "model"))
 
-    def __call__(self, conversations, seed):
+    def __call__(self, conversations, seed, progress=None):
         import vc2
         ids = [self.tok.render_chat(c, add_generation_prompt=True)[0] for c in conversations]
-        out = vc2.generate(self.model, ids, self.max_new_tokens, seed=seed, stop_ids=self.tok.eos_ids, **self.sampling)
-        return [self.tok.decode(o, skip_special_tokens=True) for o in out]
+        room = [self.context - len(x) for x in ids]
+        answers = [None] * len(ids)
+        for i, r in enumerate(room):  # the prompt alone fills the context: nothing can be generated
+            if r < 1:
+                answers[i] = Answer("", "context", len(ids[i]), 0)
+        live = [i for i in range(len(ids)) if answers[i] is None]
+        if live:
+            budgets = [min(self.max_new_tokens, room[i]) for i in live]
+            stops = {}
+            if progress:
+                for j in range(len(live)):
+                    progress.start(j)
+            out = vc2.generate(self.model, [ids[i] for i in live], budgets, seed=seed, stop_ids=self.tok.eos_ids,
+                               callback=(lambda j, _t: progress.token(j)) if progress else None,
+                               on_done=lambda j, why: (stops.__setitem__(j, why), progress and progress.done(j)),
+                               **self.settings)
+            for j, i in enumerate(live):
+                why = stops.get(j, "budget")
+                if why == "budget" and budgets[j] < self.max_new_tokens:
+                    why = "context"
+                answers[i] = Answer(self.tok.decode(out[j], skip_special_tokens=True), why, len(ids[i]), len(out[j]))
+        return answers
 
 
 class FixedAnswers:
@@ -122,14 +211,47 @@ def interleave(tasks):
 
 # ---------------------------------------------------------------------------------------------------
 
+def run_identity(source, generation, rounds):
+    """What a resumed run must share with the run it continues: the answer source and generation settings."""
+    return {"source": source.name, "generation": generation, "rounds": rounds}
+
+
+def check_resume(path: Path, identity: dict, force: bool):
+    """OUT/run.json holds the identity of the run; --resume with other settings would mix two runs' answers."""
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); remove it or choose another --out") from None
+    diffs = []
+    for key in ("source", "generation"):
+        a, b = before.get(key), identity.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}: was {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: was {a!r}, now {b!r}")
+    if diffs and not force:
+        raise ValueError(f"--resume: this run differs from the one in {path.parent} ({'; '.join(diffs)}); "
+                         f"use the same settings, another --out, or --force to continue anyway")
+    if diffs:
+        print(f"--force: resuming although {'; '.join(diffs)}")
+
+
 def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume=False, seed=0, timeout_s=None,
-             warm=True):
-    """Run the benchmark; returns the summary dict (also written to OUT/summary.json)."""
+             warm=True, generation=None, force=False):
+    """Run the benchmark; returns the summary dict (also written to OUT/summary.json).
+
+    generation: the generation settings in force (recorded in run.json, summary.json and report.md, and
+    checked on --resume; --force resumes despite a difference)."""
     out_dir = Path(out_dir)
     results_path = out_dir / "results.jsonl"
     if results_path.exists() and not resume:
         raise ValueError(f"{results_path} exists: pass --resume to continue that run, or choose another --out")
+    identity = run_identity(source, generation, rounds)
+    check_resume(out_dir / "run.json", identity, force)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "run.json").write_text(json.dumps(identity, indent=2))
     done = read_results(results_path)
     if done:
         print(f"resuming: {len(done)} attempts already in {results_path}")
@@ -144,8 +266,8 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             print(f"warm workers off: {warm_pool.why_cold}")
     results_file = open(results_path, "a")
 
-    def run_one(task, rnd, answer, gen_s):
-        code = prompts.extract_code(task.language, answer)
+    def run_one(task, rnd, answer: Answer, gen_s):
+        code = prompts.extract_code(task.language, answer.text)
         with tempfile.TemporaryDirectory(prefix="vc2-") as tmp:
             t0 = time.perf_counter()
             outcome = executors.run(task.language, code, Path(tmp), data_csv=task.data_csv, sandbox=sandbox,
@@ -157,7 +279,8 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 image.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(outcome.image, image)
         row = {"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
-               "outcome": outcome.status, "error": outcome.error or "", "code": code, "answer": answer,
+               "outcome": outcome.status, "error": outcome.error or "", "code": code, "answer": answer.text,
+               "stop": answer.stop, "prompt_tokens": answer.prompt_tokens, "new_tokens": answer.new_tokens,
                "image": str(image.relative_to(out_dir)) if image else None, "sandbox": outcome.sandbox,
                "gen_s": round(gen_s, 3), "exec_s": round(exec_s, 3)}
         with lock:
@@ -185,22 +308,34 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 if not todo:
                     continue
                 futures = []
-                bar = tqdm(total=len(todo), desc=f"round {rnd}", unit="task")
+                fixed = isinstance(source, FixedAnswers)
+                bar = tqdm(total=len(todo), desc=f"round {rnd} execute", unit="task", dynamic_ncols=True,
+                           position=0 if fixed else 1)
+                gen_bar = None if fixed else GenerationProgress(f"round {rnd} generate", getattr(source, "max_new_tokens", 0))
+                if gen_bar:
+                    gen_bar.wait(len(todo))
                 for start in range(0, len(todo), source.batch_size):
                     batch = todo[start:start + source.batch_size]
                     t0 = time.perf_counter()
-                    if isinstance(source, FixedAnswers):
+                    if fixed:
                         answers = [source.answer(task_key(t)) for t in batch]
                     else:
                         convs = [conversation_of(t, {r: done[(task_key(t), r)] for r in range(rnd)}) for t in batch]
-                        answers = source(convs, seed=seed + rnd * 100003 + start)
+                        answers = source(convs, seed=seed + rnd * 100003 + start,
+                                         progress=_Offset(gen_bar, start))
                     gen_s = (time.perf_counter() - t0) / len(batch)
                     for task, answer in zip(batch, answers):
                         if answer is None:
                             raise ValueError(f"no answer for task {task_key(task)} in {source.name}")
-                        f = pool.submit(run_one, task, rnd, answer, gen_s)
+                        f = pool.submit(run_one, task, rnd, answer if isinstance(answer, Answer) else Answer(answer),
+                                        gen_s)
                         f.add_done_callback(lambda _: bar.update(1))
                         futures.append(f)
+                if gen_bar:
+                    gen_bar.close()
+                pending = sum(not f.done() for f in futures)
+                if pending:
+                    bar.set_postfix_str("generation done, waiting for the executions")
                 for f in futures:
                     f.result()  # re-raise any bug in the worker
                 bar.close()
@@ -213,5 +348,21 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
         print(f"warm workers: {len(warm_pool.stats['failed'])} server failure(s), those tasks ran cold; first: "
               f"{warm_pool.stats['failed'][0][:300]}")
     return write_reports(tasks, read_results(results_path), out_dir, rounds, meta={
-        "source": source.name, "rounds": rounds, "sandbox": environment.pop("sandbox"), "environment": environment,
-        "warm_workers": warm_pool.stats if warm_pool else "off"})
+        "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
+        "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off"})
+
+
+class _Offset:
+    """A batch's view of the round's GenerationProgress: batch row j is round row `start + j`."""
+
+    def __init__(self, progress, start):
+        self.progress, self.start_row = progress, start
+
+    def start(self, j):
+        self.progress.start(self.start_row + j)
+
+    def token(self, j):
+        self.progress.token(self.start_row + j)
+
+    def done(self, j):
+        self.progress.done(self.start_row + j)
