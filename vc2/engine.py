@@ -123,6 +123,7 @@ class Request:
     prompt_lookup: bool = True       # used only where it is exact: greedy, no repetition penalty
     on_token: object = None          # on_token(request, new_ids): called in order as tokens are accepted
     on_done: object = None           # on_done(request): called once, when it has finished
+    on_start: object = None          # on_start(request): called once, when it first gets a slot
     out: list = field(default_factory=list)       # generated ids (the stop token excluded)
     finish_reason: str | None = None              # 'eos' | 'budget' | 'context'
     done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -135,6 +136,7 @@ class Request:
     prefill_ids: list = field(default_factory=list, repr=False)  # prompt (+ output, after a preemption)
     n_prefilled: int = 0
     order: int = 0                   # admission order: the newest row is preempted first
+    started: bool = False
     generator: object = field(default=None, repr=False)
     seen: object = field(default=None, repr=False)  # (V,) bool on the device, for the repetition penalty
     history: object = field(default=None, repr=False)  # prompt + out as a numpy buffer (prompt lookup)
@@ -346,7 +348,7 @@ class Engine:
     # --- requests in ----------------------------------------------------------------------------
 
     def add_request(self, prompt, max_new_tokens, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                    stop_ids=(), seed=0, prompt_lookup=True, on_token=None, on_done=None) -> Request:
+                    stop_ids=(), seed=0, prompt_lookup=True, on_token=None, on_done=None, on_start=None) -> Request:
         """Queue a request (thread-safe); it is admitted at the next step with a free slot."""
         prompt = [int(t) for t in prompt]
         if not prompt:
@@ -357,7 +359,7 @@ class Engine:
             raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k} "
                              f"repetition_penalty={repetition_penalty}")
         r = Request(prompt, max_new_tokens, float(temperature), float(top_p), int(top_k), float(repetition_penalty),
-                    frozenset(int(s) for s in stop_ids), int(seed), bool(prompt_lookup), on_token, on_done)
+                    frozenset(int(s) for s in stop_ids), int(seed), bool(prompt_lookup), on_token, on_done, on_start)
         room = self.max_len - len(prompt)
         r.budget = min(max_new_tokens, room)
         r.cap_reason = "budget" if max_new_tokens <= room else "context"
@@ -432,6 +434,10 @@ class Engine:
             r.pages = [] if self.paged else [r.slot]
             self.table_host[r.slot] = 0
             self.running.append(r)
+            if not r.started:  # first admission only (a preempted row comes back later)
+                r.started = True
+                if r.on_start is not None:
+                    r.on_start(r)
             if r.temperature > 0 and r.generator is None:
                 r.generator = torch.Generator(device=self.device).manual_seed(r.seed)
             if r.repetition_penalty != 1.0 and r.seen is None:

@@ -37,7 +37,10 @@ What this does NOT protect against (read before trusting it):
   (/tmp, /dev/shm), and a process that both setsids and scrubs its environment escapes the sweep;
 - started as a non-root user, no uid is dropped: the code runs as you (bwrap/unshare still hide
   /root, /home and /tmp; plain hides nothing);
-- RLIMIT_NPROC is per uid across the whole machine, so parallel runs share it.
+- RLIMIT_NPROC is per uid across the whole machine, so parallel runs share it: set_node_tasks(n)
+  (the runner: workers x ranks on this node) raises it to n x the per-task value, so that one task's
+  allowance does not shrink when other workers or ranks run beside it; a task can still borrow the
+  others' share. Only a container's pids cgroup (--pids-limit) is truly per task.
 Measured wall time of /bin/true per run on the 2-core dev box: plain 8 ms, bwrap 17 ms, unshare 66 ms.
 vc2/eval/warm.py starts its long-lived renderers with the same wrapping (_wrap), in bwrap or unshare mode.
 """
@@ -110,10 +113,21 @@ def _env(workdir, token, extra):
     return env
 
 
+NODE_TASKS = 1  # sandboxed tasks that may run at once on this machine (see set_node_tasks)
+
+
+def set_node_tasks(n):
+    """How many tasks run at once on this machine (all workers of all ranks): RLIMIT_NPROC, which
+    counts every process of the sandbox uid, is then n x a task's nproc (see the module docstring)."""
+    global NODE_TASKS
+    NODE_TASKS = max(1, int(n))
+
+
 def _limits(timeout_s, mem_mb, fsize_mb, nproc, nofile):
     """rlimits by name (cpu None = unlimited); _wrap turns them into prlimit or --ulimit flags."""
     cpu = int(2 * timeout_s + 10) if timeout_s else None  # CPU s of one process; the wall limit rules
-    return {"cpu": cpu, "data": mem_mb << 20, "fsize": fsize_mb << 20, "nofile": nofile, "nproc": nproc, "core": 0}
+    return {"cpu": cpu, "data": mem_mb << 20, "fsize": fsize_mb << 20, "nofile": nofile, "nproc": nproc * NODE_TASKS,
+            "core": 0}
 
 
 def _prlimit(limits):
@@ -163,7 +177,7 @@ def _wrap(mode, cmd, work, user, env, limits, name):
         ulimits = [a for k, v in limits.items() if v is not None for a in ("--ulimit", f"{k}={v}:{v}")]
         return [mode, "run", "--rm", "--name", name, "--network", "none", "--read-only",
                 "--tmpfs", "/tmp:size=256m", "--memory", str(limits["data"]),
-                "--memory-swap", str(limits["data"]), "--pids-limit", str(limits["nproc"]), "--cap-drop", "all",
+                "--memory-swap", str(limits["data"]), "--pids-limit", str(limits["nproc"] // NODE_TASKS), "--cap-drop", "all",
                 "--security-opt", "no-new-privileges", *ulimits, "--user", f"{uid}:{gid}",
                 *(["--userns", "keep-id"] if rootless else []),
                 "-v", f"{work}:{work}", "-v", f"{pkg}:{pkg}:ro", "-w", str(work), *envs, IMAGE, *cmd]
