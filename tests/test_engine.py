@@ -28,6 +28,9 @@ CONFIGS = {  # every scheduling path: each must give the one-by-one tokens
     "3 slots": dict(slots=3),
     "slots, chunked prefill": dict(slots=3, prefill_chunk=4),
     "decode windows": dict(slots=3, check_every=4, lookup_tokens=0),
+    # rows finish while rows admitted after them are still waiting for their prefill chunk: slots move
+    "moves before prefill": dict(slots=4, prefill_chunk=3, check_every=2, lookup_tokens=0),
+    "moves before prefill, lookup": dict(slots=4, prefill_chunk=3),
     "no prompt lookup": dict(slots=7, lookup_tokens=0),
     "paged, preempting": dict(slots=4, layout="paged", page_size=4, kv_tokens=80, prefill_chunk=6),
     "paged, windows": dict(slots=7, layout="paged", page_size=4, kv_tokens=96, check_every=3, lookup_tokens=0),

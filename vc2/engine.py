@@ -495,9 +495,11 @@ class Engine:
         if last is not r:
             if self.paged:  # the block table row moves; the pages stay where they are
                 self.table_host[s] = self.table_host[last.slot]
-            elif last.n_cached:  # slots layout: copy the row's cache into the freed slot
-                self.cache.k[:, s, :last.n_cached] = self.cache.k[:, last.slot, :last.n_cached]
-                self.cache.v[:, s, :last.n_cached] = self.cache.v[:, last.slot, :last.n_cached]
+            else:  # slots layout: a slot's page is the slot, so the row's cache moves (even if still empty)
+                n, src = last.n_cached, last.pages[0]
+                if n:
+                    self.cache.k[:, s, :n] = self.cache.k[:, src, :n]
+                    self.cache.v[:, s, :n] = self.cache.v[:, src, :n]
                 last.pages = [s]
             self.running[s], last.slot = last, s
         self.running.pop()
