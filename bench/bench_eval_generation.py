@@ -216,12 +216,27 @@ def main():
                         times[(s, rnd)].append(dt)
                         n = sum(map(len, outs[(s, rnd)]))
                         print(f"  repeat {rep} {rnd} ({s}) {dt:7.1f} s {n / dt:7.1f} tok/s", flush=True)
-            report(name, work, order, times, outs, stats)
+            report(name, work, order, times, outs, stats, ours)
             del ours, hf
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
 
 
-def report(name, work, order, times, outs, stats):
+def divergence_gaps(model, work, outs, rnd):
+    """For rows where (a) or (c) differ from (b): the fp32 full forward's top-2 logit gap at the first
+    differing token, on the common prefix. A small gap is a near-tie that the rounding of differently
+    shaped matrix products can flip (and the answers then go their own way); a large one is a bug."""
+    gaps = []
+    for s in "ac":
+        for i, (x, y) in enumerate(zip(outs.get((s, rnd), []), outs[("b", rnd)])):
+            if x != y:
+                j = next((k for k in range(min(len(x), len(y))) if x[k] != y[k]), min(len(x), len(y)))
+                with torch.no_grad():
+                    top = model(torch.tensor([work[rnd][i][0] + y[:j]]))[0, -1].float().topk(2).values
+                gaps.append((s, i, j, round(float(top[0] - top[1]), 3)))
+    return gaps
+
+
+def report(name, work, order, times, outs, stats, model):
     med = {k: statistics.median(v) for k, v in times.items()}
     toks = {k: sum(map(len, v)) for k, v in outs.items()}
     print(f"\n{name}: generated tokens/s (wall s), median")
@@ -235,6 +250,9 @@ def report(name, work, order, times, outs, stats):
         if len(same) > 1:
             ok = all(outs[(s, r)] == outs[(same[0], r)] for s in same)
             print(f"{r}: ({')=('.join(same)}) identical tokens: {ok}")
+            if not ok and ("b", r) in outs:
+                for s, i, j, gap in divergence_gaps(model, work, outs, r):
+                    print(f"{r}:   ({s}) row {i} differs from (b) at token {j}: fp32 top-2 logit gap there {gap}")
         for s in "de":
             if (s, r) in outs and ("b", r) in outs:
                 agree = sum(x == y for x, y in zip(outs[(s, r)], outs[("b", r)]))

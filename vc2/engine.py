@@ -49,8 +49,9 @@ rounds to it. Design, and why:
     where the previous draft left off, else the latest occurrence; verify them in the same forward as
     everything else and keep the longest prefix that equals the greedy choice, plus the greedy token
     after it. The output is the greedy output: a draft only skips forwards whose argmax it predicted.
-    Each row's draft length halves after a miss and doubles after a full hit, so rows that do not
-    repeat anything cost one extra verify token per step, not `lookup_tokens`.
+    Each row's draft length halves after a miss and doubles after a full hit; a row that misses even
+    a 1-token draft stops drafting for 1, 2, 4 .. 32 steps, so rows that repeat nothing go back to plain
+    (batched, sync-free) decode steps instead of paying a verify token every step.
   * **Sampling** follows vc2.sample.process_logits (HF order); each request has its own seeded
     torch.Generator, so its tokens do not depend on the batch, the slots or the rank it ran on.
   * "Identical" means identical up to floating-point rounding: a verify forward or a batch of another
@@ -142,6 +143,8 @@ class Request:
     history: object = field(default=None, repr=False)  # prompt + out as a numpy buffer (prompt lookup)
     lookup_src: int = -1             # where the last draft was copied from (-1: search)
     lookup_k: int = 0                # draft length now: halved after a miss, doubled after a full hit
+    lookup_wait: int = 0             # steps to go without drafting (after misses at length 1)
+    lookup_backoff: int = 0
 
     @property
     def greedy_exact(self):
@@ -270,7 +273,7 @@ class Engine:
 
     max_len: context length (prompt + answer), default the model's max_position_embeddings.
     layout: 'auto' (paged when the reader takes block tables, else slots), 'paged' or 'slots'.
-    kv_tokens: paged pool size in tokens (default: 80% of free CUDA memory; slots x 2048 on CPU).
+    kv_tokens: paged pool size in tokens (default: slots x max_len, at most 80% of free CUDA memory).
     prefill_chunk: prompt tokens per step (shared by rows being prefilled).
     check_every: decode steps between host reads (1 on CPU, 8 on CUDA).
     cuda_graphs: capture the decode step per batch bucket (default on CUDA); compile: also torch.compile it.
@@ -315,8 +318,10 @@ class Engine:
 
         if self.paged:
             self.page_size = page_size or 256  # flash-attn's paged kernels need a multiple of 256
-            if kv_tokens is None:
-                kv_tokens = int(0.8 * torch.cuda.mem_get_info(self.device)[0] / self.token_bytes) if cuda else slots * 2048
+            if kv_tokens is None:  # what every slot at full context would use, or 80% of free CUDA memory
+                kv_tokens = slots * self.max_len
+                if cuda:
+                    kv_tokens = min(kv_tokens, int(0.8 * torch.cuda.mem_get_info(self.device)[0] / self.token_bytes))
             n_pages = kv_tokens // self.page_size + 1  # page 0 is scratch: dummy rows of a graph write there
             self.cache = PagedKVCache(L, n_pages, self.page_size, K, hd, self.dtype, self.device, self.reader)
             self.free_pages = list(range(n_pages - 1, 0, -1))
@@ -405,7 +410,9 @@ class Engine:
         drafts = {}
         if self.lookup_tokens:
             for r in self.running:
-                if not r.prefilling and r.prompt_lookup and r.greedy_exact:
+                if r.lookup_wait > 0:
+                    r.lookup_wait -= 1
+                elif not r.prefilling and r.prompt_lookup and r.greedy_exact:
                     k = min(r.lookup_k or self.lookup_tokens, r.budget - len(r.out) - 1)  # never past the budget
                     d, r.lookup_src = lookup_draft(r.history, len(r.prompt) + len(r.out), self.lookup_ngram, k,
                                                    r.lookup_src)
@@ -456,6 +463,14 @@ class Engine:
         cfg = self.model.config
         size = max(need, int(have * 1.5))
         size = -(-size // 256) * 256
+        if self.device.type == "cuda":  # every slot gets `size` tokens: refuse what cannot fit, loudly
+            free = torch.cuda.mem_get_info(self.device)[0]
+            if self.n_slots * size * self.token_bytes > 0.8 * free:  # the new pool, while the old one is copied
+                size = -(-need // 256) * 256  # no headroom for later requests when memory is short
+            if self.n_slots * size * self.token_bytes > free:
+                raise ValueError(f"the slots KV layout needs {self.n_slots} x {size} tokens "
+                                 f"({self.n_slots * size * self.token_bytes / 2**30:.1f} GiB) for a {need}-token request; "
+                                 "use fewer slots or a shorter budget, or install flash-attn (a paged cache)")
         new = PagedKVCache(cfg.num_hidden_layers, self.n_slots, size, cfg.num_key_value_heads, cfg.head_dim,
                            self.dtype, self.device, self.reader)
         if self.cache is not None:
@@ -601,6 +616,11 @@ class Engine:
             r.n_cached = start + a + 1  # the input token and the accepted drafts are now cached
             if d:  # a draft that keeps missing costs verify tokens: shrink it; one that hits, grow it
                 r.lookup_k = max(1, len(d) // 2) if a == 0 else min(self.lookup_tokens, 2 * len(d)) if a == len(d) else len(d)
+                if a == 0 and len(d) == 1:  # missing even one token: stop drafting for 1, 2, 4 .. 32 steps
+                    r.lookup_backoff = min(2 * r.lookup_backoff or 1, 32)
+                    r.lookup_wait = r.lookup_backoff
+                elif a:
+                    r.lookup_backoff = 0
             if a < len(d):
                 r.lookup_src = -1  # the copy diverged: search again next time
             accepted.append((r, mine[:a + 1]))

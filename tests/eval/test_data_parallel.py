@@ -130,3 +130,15 @@ def test_torchrun_run_eval_two_ranks_equal_one_process(tmp_path, tokenizer_dir):
                                                                           "results.rank1.jsonl"}
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["meta"]["ranks"] == 2 and summary["overall"] == json.loads((tmp_path / "one" / "summary.json").read_text())["overall"]
+
+
+def test_node_tasks_scale_the_uid_wide_process_limit_not_the_per_container_one(monkeypatch):
+    from vc2.eval import sandbox as sb
+    monkeypatch.setattr(sb, "NODE_TASKS", 1)
+    one = sb._limits(10, 2048, 256, 512, 1024)
+    sb.set_node_tasks(6)  # e.g. 3 workers x 2 ranks on this machine
+    six = sb._limits(10, 2048, 256, 512, 1024)
+    assert (one["nproc"], six["nproc"]) == (512, 6 * 512)  # RLIMIT_NPROC counts all the uid's processes
+    assert {k: v for k, v in six.items() if k != "nproc"} == {k: v for k, v in one.items() if k != "nproc"}
+    argv = sb._wrap("podman", ["python3", "x.py"], Path("/tmp/w"), (1000, 1000), {}, six, "vc2-t")
+    assert argv[argv.index("--pids-limit") + 1] == "512"  # a container's pids cgroup is per task: unchanged
