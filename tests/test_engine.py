@@ -273,6 +273,8 @@ def test_attention_choice_by_inspection(monkeypatch):
     assert eng.choose_attention("cpu", torch.bfloat16, 64) == "sdpa"
     monkeypatch.setattr(eng, "varlen_attn", old_varlen)  # no per-row lengths / block table: not usable
     assert eng.choose_attention("cuda", torch.bfloat16, 64) == "sdpa"
+    assert eng.varlen_causal_kwargs(fake_varlen_attn) == {"window_size": (-1, 0)}
+    assert eng.varlen_causal_kwargs(lambda q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False: 0) == {"is_causal": True}
     monkeypatch.setattr(eng, "flash_attn_varlen_func", fake_flash_attn_varlen_func)
     assert eng.choose_attention("cuda", torch.bfloat16, 64) == "flash_attn"
 

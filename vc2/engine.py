@@ -96,6 +96,12 @@ def varlen_takes_pages(fn=None) -> bool:
     return {"seqused_k", "block_table"} <= set(params)
 
 
+def varlen_causal_kwargs(fn=None) -> dict:
+    """How this torch's varlen_attn is told "causal": window_size=(-1, 0) (2.11+) or is_causal=True (2.10)."""
+    fn = varlen_attn if fn is None else fn
+    return {"is_causal": True} if "is_causal" in inspect.signature(fn).parameters else {"window_size": (-1, 0)}
+
+
 def choose_attention(device, dtype, head_dim) -> str:
     """The cache-attention reader for this device: 'flash_attn', 'torch_varlen' or 'sdpa'."""
     device = torch.device(device)
@@ -199,6 +205,7 @@ class PagedKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.page_size, self.reader = page_size, reader
+        self.causal = varlen_causal_kwargs() if reader == "torch_varlen" else {}
         self.step = _Step()
         # torch.compile / CUDA graphs: the pool is mutated in place at a fixed address, not an input that
         # changes (without this, cudagraph trees refuse to capture a step that mutates it)
@@ -217,8 +224,8 @@ class PagedKVCache:
                                        block_table=s.block_table)
         elif self.reader == "torch_varlen":
             # FA2 semantics: causal is aligned bottom-right, so chunk queries see the cached prefix
-            y = varlen_attn(q[0], k_pool, v_pool, s.cu_q, s.cu_k, s.max_q, s.max_k, window_size=(-1, 0),
-                            enable_gqa=H != K, seqused_k=s.seqused_k, block_table=s.block_table)
+            y = varlen_attn(q[0], k_pool, v_pool, s.cu_q, s.cu_k, s.max_q, s.max_k, enable_gqa=H != K,
+                            seqused_k=s.seqused_k, block_table=s.block_table, **self.causal)
         elif s.batched is not None:
             y = self._sdpa_batched(layer, q[0])
         else:
