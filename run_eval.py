@@ -5,6 +5,8 @@
     python run_eval.py --lang python svg --model Qwen2.5-Coder-7B-Instruct/ --dtype bfloat16 --device cuda
     python run_eval.py --responses answers.jsonl --lang all   # execute given answers, no model
     python run_eval.py --out runs/eval-svg --resume        # continue a killed run; nothing is redone
+    python run_eval.py --api-base http://127.0.0.1:8000/v1 --model NAME   # a served model (vLLM, SGLang, vc2.serve)
+    python run_eval.py --model openai:gpt-4.1 --judge gpt-4.1              # OpenAI; key from $OPENAI_API_KEY
     torchrun --nproc_per_node 8 run_eval.py --model Qwen2.5-Coder-7B-Instruct/   # data parallel: one model per GPU
 
 Writes OUT/results.jsonl (one row per attempt), OUT/summary.json, OUT/report.md, OUT/report.html.
@@ -49,7 +51,26 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true",
                    help="with --resume: continue even if the model, sampling settings or budget differ from the "
                         "run being resumed (its rows then mix two settings)")
-    g = p.add_argument_group("generation (default: the VisPlotBench protocol, greedy with up to 5,000 new tokens)")
+    a = p.add_argument_group("API models: an OpenAI-compatible /v1/chat/completions endpoint answers (needs .[api])")
+    a.add_argument("--api-base", default=None,
+                   help="endpoint root, e.g. http://127.0.0.1:8000/v1 (vLLM, SGLang, python -m vc2.serve); --model is "
+                        "then the served model name. --model openai:NAME is short for OpenAI's endpoint")
+    a.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the key (default: %(default)s; never written anywhere, and "
+                        "removed from the environment before any program runs)")
+    a.add_argument("--api-concurrency", type=int, default=8, help="requests in flight at most (default: %(default)s)")
+    a.add_argument("--api-timeout", type=float, default=300.0, help="seconds per request (default: %(default)s)")
+    a.add_argument("--api-retries", type=int, default=6,
+                   help="retries of a request on 429 / 5xx / timeouts, with exponential backoff (default: %(default)s); "
+                        "a request that still fails is an infra error, tried again by --resume")
+    j = p.add_argument_group("judge: a vision model scores each passing image 0-100 (vis: vs the reference; task: vs the text)")
+    j.add_argument("--judge", default=None, metavar="MODEL", help="judge model name (the original used gpt-4.1); off by default")
+    j.add_argument("--judge-base-url", default=None,
+                   help="OpenAI-compatible endpoint of the judge (default: OpenAI's, https://api.openai.com/v1)")
+    j.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable with its key (default: %(default)s)")
+    j.add_argument("--judge-concurrency", type=int, default=4, help="judge requests in flight at most (default: %(default)s)")
+    g = p.add_argument_group("generation (default: the VisPlotBench protocol, greedy with up to 5,000 new tokens; "
+                             "3,000 for API models)")
     g.add_argument("--sampling", choices=["protocol", "model"], default="protocol",
                    help="protocol: the benchmark's settings (greedy, repetition_penalty 1, 5,000 new tokens, stop at "
                         "the model's eos ids), comparable with the paper's table; model: the checkpoint's "
@@ -139,15 +160,25 @@ def main(argv=None):
     rank, world, local_rank, local_world = init_distributed()
     import torch
     import vc2
-    from vc2.eval import executors, runner, sandbox, tasks as tasks_mod
+    from vc2.eval import api, executors, runner, sandbox, tasks as tasks_mod
 
     workers = args.workers or node_share()
-    sandbox.set_node_tasks(workers * local_world)  # RLIMIT_NPROC is per uid on the machine: every rank's tasks
+    sandbox.set_node_tasks(workers * local_world)  # without a cgroup, RLIMIT_NPROC is shared by every rank's tasks
+
+    # keys leave the environment before anything runs (sandboxed programs, warm servers); see api.take_secret
+    secrets = {}
+    use_api = bool(args.api_base) or args.model.startswith("openai:")
+    for wanted, env in ((use_api, args.api_key_env), (bool(args.judge), args.judge_api_key_env)):
+        if wanted and env not in secrets:
+            secrets[env] = api.take_secret(env)
 
     try:
         tasks = tasks_mod.load_tasks(args.tasks, args.lang)
     except ValueError as e:
         p.error(str(e))
+    if args.tasks:  # the task file holds the reference solutions: never visible to a sandboxed program
+        src = os.path.abspath(args.tasks)
+        sandbox.hide(src if os.path.isdir(src) else os.path.dirname(src))
     if args.limit:
         kept, per = [], {}
         for t in tasks:
@@ -159,11 +190,11 @@ def main(argv=None):
         p.error(f"no tasks for languages {args.lang} in {args.tasks or 'the bundled sample'}")
 
     if args.responses:
-        by_key = {}
-        for (lang, tid), answer in runner.load_responses(args.responses).items():
-            for t in tasks:
-                if t.id == tid and lang in (None, t.language):
-                    by_key[runner.task_key(t)] = answer
+        try:
+            by_key = runner.match_responses(args.responses, runner.load_responses(args.responses), tasks,
+                                            tasks_mod.load_tasks(args.tasks, list(LANGS)))
+        except (OSError, ValueError) as e:
+            p.error(str(e))
         missing = [runner.task_key(t) for t in tasks if runner.task_key(t) not in by_key]
         if missing:
             p.error(f"{args.responses}: no answer for {len(missing)} task(s), e.g. {missing[:3]}")
@@ -175,6 +206,28 @@ def main(argv=None):
             p.error(f"--model reference: {len(no_ref)} task(s) have no reference_code, e.g. {no_ref[:3]}")
         source = runner.FixedAnswers("reference", {runner.task_key(t): f"```\n{t.reference_code}\n```" for t in tasks})
         name, generation = "reference", None
+    elif use_api:
+        base, model_name = api.resolve_endpoint(args.model, args.api_base)
+        if base.startswith(api.OPENAI_BASE) and not secrets[args.api_key_env]:
+            p.error(f"--model {args.model}: OpenAI needs a key in ${args.api_key_env}")
+        name = model_name.replace("/", "_")
+        out_dir = args.out or os.path.join("runs", f"eval-{name}")
+        os.makedirs(out_dir, exist_ok=True)
+        try:
+            client = api.ChatClient(base, model_name, api_key=secrets[args.api_key_env], timeout_s=args.api_timeout,
+                                    max_retries=args.api_retries, concurrency=args.api_concurrency,
+                                    cache_path=os.path.join(out_dir, "api_cache.jsonl"))
+        except ValueError as e:
+            p.error(str(e))
+        budget = args.max_new_tokens or runner.PROTOCOL_API_MAX_NEW_TOKENS
+        source = api.APIAnswers(client, max_tokens=budget, seed=args.seed, concurrency=args.api_concurrency)
+        generation = {"sampling": "protocol", **runner.PROTOCOL_SAMPLING, "max_new_tokens": budget,
+                      "context": "the server's", "seed": args.seed, "endpoint": base,
+                      "request": {k: v for k, v in source.params.items() if k != "max_tokens"},
+                      "note": "API model: the server applies the chat template; sampling sent explicitly in every request"}
+        if any(getattr(args, k) is not None for k in runner.PROTOCOL_SAMPLING) or args.sampling != "protocol":
+            p.error("API models are asked with the protocol's sampling (greedy); --sampling/--temperature/--top-p/"
+                    "--top-k/--repetition-penalty apply to local models only")
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device == "cuda" and world > 1:
@@ -192,6 +245,16 @@ def main(argv=None):
         generation["stop_ids"] = tok.eos_ids
         name = os.path.basename(os.path.normpath(args.model))
     out = args.out or os.path.join("runs", f"eval-{name}")
+    judge = None
+    if args.judge:
+        from vc2.eval.judge import Judge
+        os.makedirs(out, exist_ok=True)
+        try:
+            judge = Judge(api.ChatClient(args.judge_base_url or api.OPENAI_BASE, args.judge,
+                                         api_key=secrets[args.judge_api_key_env], concurrency=args.judge_concurrency,
+                                         cache_path=os.path.join(out, "judge_cache.jsonl")))
+        except ValueError as e:
+            p.error(str(e))
 
     mode = executors.describe_sandbox(args.sandbox)["sandbox"]
     if rank == 0:
@@ -203,14 +266,16 @@ def main(argv=None):
     try:
         summary = runner.evaluate(tasks, source, out, rounds=args.rounds, workers=workers, sandbox=args.sandbox,
                                   resume=args.resume, seed=args.seed, timeout_s=args.timeout, warm=not args.no_warm,
-                                  generation=generation, force=args.force)
+                                  generation=generation, force=args.force, judge=judge,
+                                  judge_concurrency=args.judge_concurrency)
     except ValueError as e:
         p.error(str(e))
     if rank == 0:
         print(open(os.path.join(out, "report.md")).read())
-    if summary["overall"]["infra_errors"] and rank == 0:
-        print(f"WARNING: {summary['overall']['infra_errors']} task(s) hit infra errors and were not scored "
-              f"(see {out}/report.md)", file=sys.stderr)
+    if summary["overall"]["infra_errors"]:  # every rank returns it (torchrun: one exit status)
+        if rank == 0:
+            print(f"WARNING: {summary['overall']['infra_errors']} task(s) hit infra errors and were not scored "
+                  f"(see {out}/report.md)", file=sys.stderr)
         return 3
     return 0
 

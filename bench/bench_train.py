@@ -6,7 +6,8 @@ conversations, same optimizer, measured in one run (each side in its own subproc
     python bench/bench_train.py --shapes qwen2.5-coder-0.5b:24 --device cuda --dtype bfloat16 --max-length 16384
 
 Reports real (non-padding) tokens per second and peak memory (RSS on CPU, allocated on CUDA) and the ratio.
-On CUDA it also reports vc2's MFU against the H100's 989 TFLOP/s dense bf16.
+On CUDA it also reports vc2's MFU: model FLOPs with attention counted per document (vc2.train.train_flops)
+over the GPU's dense bf16 peak (looked up by device name, or --peak-tflops).
 """
 import argparse
 import json
@@ -76,6 +77,8 @@ def worker(side, spec, args):
         if cur:
             batches.append(cur)
     model.train()
+    from vc2.train import peak_flops, train_flops
+    flops = [0.0]  # model FLOPs of the timed steps (vc2 side): per-document attention, head on supervised tokens
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
@@ -85,9 +88,12 @@ def worker(side, spec, args):
             for r in batch:
                 with autocast:
                     loss = model(r["input_ids"][None].to(device), position_ids=r["position_ids"][None].to(device),
-                                 cu_seqlens=r["cu_seqlens"].to(device), labels=r["labels"][None].to(device))
+                                 cu_seqlens=r["cu_seqlens"].to(device), max_seqlen=r["max_seqlen"],
+                                 labels=r["labels"][None].to(device))
                 (loss / n_sup).backward()
             real = sum(len(r["input_ids"]) for r in batch)
+            flops[0] += sum(train_flops(cfg, len(r["input_ids"]), int((r["labels"] != -100).sum()),
+                                        int((r["doc_lengths"] ** 2).sum())) for r in batch)
         else:
             L = max(len(d[0]) for d in batch)
             ids = torch.tensor([d[0] + [0] * (L - len(d[0])) for d in batch], device=device)
@@ -108,7 +114,7 @@ def worker(side, spec, args):
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    tokens, t0 = 0, time.perf_counter()
+    tokens, t0, flops[0] = 0, time.perf_counter(), 0.0
     for b in batches[args.warmup:args.warmup + args.steps]:
         tokens += step(b)
     if device.type == "cuda":
@@ -117,9 +123,9 @@ def worker(side, spec, args):
     mem = (torch.cuda.max_memory_allocated() if device.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     res = {"side": side, "shape": spec, "tok_per_s": tokens / dt, "peak_gb": mem, "tokens": tokens}
-    if device.type == "cuda" and side == "vc2":
-        from vc2.train import flops_per_token
-        res["mfu"] = tokens / dt * flops_per_token(cfg, args.max_length) / 989e12
+    peak = peak_flops(device, args.peak_tflops)
+    if peak and side == "vc2":
+        res["mfu"] = flops[0] / dt / peak
     print(json.dumps(res))
 
 
@@ -133,6 +139,8 @@ def main():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="default: %(default)s")
     p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="dense bf16 peak for MFU (default: looked up from the CUDA device name)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:

@@ -3,11 +3,17 @@
 Run the suite: `python -m pytest` (add `-m "not slow"` for the quick part).
 """
 import json
+import os
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+if not torch.cuda.is_available():
+    # Triton runs on CPU only under its interpreter, and only for kernels decorated after this is set,
+    # i.e. before anything imports vc2 (tests/test_kernels.py forces the kernels on). A GPU machine runs
+    # them compiled instead.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def make_hf_model(tmp_path, model_type="qwen2", tied=True, n_head=4, n_kv_head=2, seed=0, **overrides):

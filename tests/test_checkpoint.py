@@ -187,3 +187,48 @@ def test_preset_param_counts():
     want = {"0.5b": 0.494, "1.5b": 1.544, "3b": 3.086, "7b": 7.616, "14b": 14.770, "32b": 32.764}
     for size, billions in want.items():
         assert abs(PRESETS[f"qwen2.5-coder-{size}"].n_params / 1e9 - billions) < 1e-3, size
+
+
+# --- sharded loading: each rank fills only its own rows, and the result is the one-process model ------
+
+def _load_on_rank(rank, world, model_dir, store, out, cpu_offload):
+    import argparse
+    import torch.distributed as dist
+    from vc2.train import build_model
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    args = argparse.Namespace(activation_checkpointing=True, compile=False, dtype="float32", cpu_offload=cpu_offload)
+    model = build_model(model_dir, torch.device("cpu"), args, fsdp=True)
+    local = {n: p.to_local().numel() for n, p in model.named_parameters()}
+    full = {n: p.full_tensor() for n, p in model.named_parameters()}
+    tied = model.lm_head.weight is model.embed.weight
+    ids = torch.arange(40).remainder(model.config.vocab_size)[None]
+    with torch.no_grad():
+        logits = model(ids)
+    if rank == 0:
+        torch.save({"full": full, "local": local, "tied": tied, "logits": logits}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tied,world,cpu_offload", [(True, 2, True), (False, 3, False)])
+def test_sharded_load_equals_one_process_load(tmp_path, tied, world, cpu_offload):
+    """meta -> fully_shard -> to_empty -> load_weights on gloo ranks gives exactly vc2.load_model's parameters.
+    Odd sizes on 3 ranks put shard boundaries inside the fused qkv and gate_up parameters."""
+    import torch.multiprocessing as mp
+    from dataclasses import replace
+    cfg = replace(PRESETS["debug"], vocab_size=509, hidden_size=48, intermediate_size=101, tie_word_embeddings=tied)
+    src = Transformer(cfg).init_weights(seed=7)
+    with torch.no_grad():
+        for n, p in src.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))))  # not all ones/zeros
+    path = vc2.save_model(src, tmp_path / "ckpt", max_shard_bytes=60_000)  # several shard files
+    mp.spawn(_load_on_rank, args=(world, str(path), tmp_path / "store", tmp_path / "out.pt", cpu_offload), nprocs=world)
+    got = torch.load(tmp_path / "out.pt")
+    ref = vc2.load_model(path, dtype=torch.float32)
+    assert got["tied"] == tied
+    for n, p in ref.named_parameters():
+        assert torch.equal(got["full"][n], p), n
+        assert got["local"][n] <= -(-p.shape[0] // world) * p[0].numel(), n  # rank 0 held only its rows
+    with torch.no_grad():
+        torch.testing.assert_close(got["logits"], ref(torch.arange(40).remainder(cfg.vocab_size)[None]), rtol=1e-5, atol=1e-5)

@@ -102,6 +102,106 @@ def test_attention_backends_agree():
             torch.testing.assert_close(attention(qc, kc, vc, cc, backend=backend).float().cpu(), ref, atol=2e-2, rtol=2e-2)
 
 
+# --- what reaches the GPU kernels (intercepted on CPU: the kernels themselves are CUDA-only) ---------
+
+def _fake_kernel(calls, form):
+    """A stand-in for flash_attn_varlen_func / torch varlen_attn with the real signature `form`: it records
+    the dtypes and flags it was given and computes per-document causal attention in fp32 (differentiably),
+    returning q's dtype as the real kernels do."""
+    def compute(q, k, v, cu, max_q, causal):
+        assert isinstance(max_q, int) and max_q == int((cu[1:] - cu[:-1]).max()), max_q
+        assert cu.dtype == torch.int32 and causal is True
+        out = []
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            qd, kd, vd = (t[s:e].float().transpose(0, 1) for t in (q, k, v))
+            out.append(torch.nn.functional.scaled_dot_product_attention(
+                qd, kd, vd, is_causal=True, enable_gqa=qd.shape[0] != kd.shape[0]).transpose(0, 1))
+        return torch.cat(out).to(q.dtype)
+
+    if form == "flash_attn":
+        def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                                   softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                   alibi_slopes=None, deterministic=False, return_attn_probs=False, block_table=None):
+            calls.append((q.dtype, k.dtype, v.dtype))
+            return compute(q, k, v, cu_seqlens_q, max_seqlen_q, causal)
+        return flash_attn_varlen_func
+    if form == "varlen_2.13":  # torch 2.13: causal is window_size=(-1, 0); GQA needs enable_gqa=True
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                        window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+            calls.append((query.dtype, key.dtype, value.dtype))
+            assert enable_gqa == (query.shape[1] != key.shape[1])
+            return compute(query, key, value, cu_seq_q, max_q, window_size == (-1, 0) and isinstance(window_size, tuple))
+        return varlen_attn
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append((query.dtype, key.dtype, value.dtype))  # the older form: is_causal, no GQA flag
+        return compute(query, key, value, cu_seq_q, max_q, is_causal)
+    return varlen_attn
+
+
+@pytest.mark.parametrize("form", ["flash_attn", "varlen_2.13", "varlen_old"])
+@pytest.mark.parametrize("how", ["autocast", "bf16_weights"])
+def test_flash_kernels_get_one_half_dtype(monkeypatch, form, how):
+    """Under bf16 autocast RoPE gives fp32 q/k while v is bf16: the flash kernels must still get one half
+    dtype. Runs the model forward and backward with the kernel intercepted; the result must equal the
+    per-document SDPA path under the same precision."""
+    import vc2.model as M
+    calls = []
+    fake = _fake_kernel(calls, form)
+    monkeypatch.setattr(M, "flash_attn_varlen_func" if form == "flash_attn" else "varlen_attn", fake)
+    backend = "flash_attn" if form == "flash_attn" else "torch_varlen"
+    model = Transformer(PRESETS["debug"]).init_weights(seed=0)
+    if how == "bf16_weights":
+        model = model.to(torch.bfloat16)
+    docs, ids, cu = _packed_batch([5, 17, 1, 9], 512)
+    labels = torch.randint(0, 512, ids.shape, generator=torch.Generator().manual_seed(5))
+
+    def loss_and_grads(backend):
+        model.set_attention_backend(backend)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
+            loss = model(ids, position_ids=packed_position_ids(cu), cu_seqlens=cu, max_seqlen=17, labels=labels)
+        loss.backward()
+        return loss.detach().float(), model.layers[0].attn.qkv.weight.grad.float().clone()
+
+    ref_loss, ref_grad = loss_and_grads("sdpa_loop")
+    loss, grad = loss_and_grads(backend)
+    assert len(calls) == PRESETS["debug"].num_hidden_layers
+    assert set(calls) == {(torch.bfloat16,) * 3}, calls  # one half dtype for q, k and v, in every layer
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=2e-2)  # bf16: a few ulps of op-order difference
+    torch.testing.assert_close(grad, ref_grad, rtol=5e-2, atol=5e-2 * ref_grad.abs().max().item())
+
+
+def test_fp32_never_reaches_flash_kernels(monkeypatch):
+    import vc2.model as M
+    from vc2.model import packed_backend
+    monkeypatch.setattr(M, "flash_attn_varlen_func", _fake_kernel([], "flash_attn"))
+    monkeypatch.setattr(M, "varlen_attn", _fake_kernel([], "varlen_2.13"))
+    # "auto" on CUDA: flash-attn first, then torch varlen, only in half precision; fp32 takes SDPA
+    assert packed_backend("auto", True, torch.bfloat16) == "flash_attn"
+    assert packed_backend("auto", True, None) == "sdpa_loop"
+    assert packed_backend("auto", False, torch.bfloat16) == "sdpa_loop"
+    monkeypatch.setattr(M, "flash_attn_varlen_func", None)
+    assert packed_backend("auto", True, torch.float16) == "torch_varlen"
+    monkeypatch.setattr(M, "varlen_attn", None)
+    assert packed_backend("auto", True, torch.bfloat16) == "sdpa_loop"
+    # forcing a flash kernel on fp32 inputs without autocast is refused, not passed on to crash in the kernel
+    q = torch.randn(1, 6, 4, 8)
+    with pytest.raises(ValueError, match="needs fp16/bf16"):
+        attention(q, q[:, :, :2], q[:, :, :2], torch.tensor([0, 6], dtype=torch.int32), 6, backend="torch_varlen")
+
+
+def test_varlen_signature_forms_are_detected():
+    from vc2.model import varlen_causal_kwargs
+    new, old = _fake_kernel([], "varlen_2.13"), _fake_kernel([], "varlen_old")
+    assert varlen_causal_kwargs(new) == ({"window_size": (-1, 0)}, True)
+    assert varlen_causal_kwargs(old) == ({"is_causal": True}, False)
+    with pytest.raises(RuntimeError, match="no causal argument"):
+        varlen_causal_kwargs(lambda q, k, v, cu_q, cu_k, max_q, max_k: None)
+    if vc2.model.varlen_attn is not None:  # the installed torch's own op (2.13 in CI) is one of the two forms
+        kw, _ = varlen_causal_kwargs(vc2.model.varlen_attn)
+        assert kw in ({"window_size": (-1, 0)}, {"is_causal": True})
+
+
 def test_packed_malformed_cu_seqlens_is_caught():
     model = Transformer(PRESETS["debug"]).init_weights(seed=0)
     ids = torch.randint(0, 512, (1, 10))

@@ -8,7 +8,8 @@ A checkpoint directory holds config.json and either one `model.safetensors` or s
 `model.safetensors.index.json`. The HF-name -> vc2-name map below is data: every tensor of a checkpoint
 must be mapped and every parameter of the model must be filled, else a ValueError names the tensor and
 the file. Loading builds the model on the meta device and fills it tensor by tensor, so a model never
-needs twice its size in RAM.
+needs twice its size in RAM; `load_weights` fills a model that FSDP has already sharded, each rank reading
+only its own rows of each tensor (the trainer's path for 7B-32B).
 """
 import json
 import os
@@ -108,41 +109,73 @@ def load_model(path, dtype: torch.dtype | None = None, device="cpu") -> Transfor
     The returned model is in eval mode and remembers `source_dir` and `generation_config`.
     """
     path = resolve_model_path(path)
-    path = Path(path)
     cfg = ModelConfig.from_hf(path)
     if dtype is None:
         dtype = getattr(torch, cfg.torch_dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"{path / 'config.json'}: unknown torch_dtype {cfg.torch_dtype!r}")
     with torch.device("meta"):
-        model = Transformer(cfg)  # no memory yet; each parameter is allocated once, in its final dtype
-    for name, p in list(model.named_parameters()):
-        module_name, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(module_name), leaf, nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device)))
-    model.tie_weights()
+        model = Transformer(cfg).to(dtype)  # no memory yet
+    model.to_empty(device=device)  # each parameter allocated once, in its final dtype
+    model.tie_weights()  # to_empty gives each module a tensor of its own
+    load_weights(model, path)
+    return model.eval()
+
+
+def local_rows(p) -> tuple[torch.Tensor, int]:
+    """(the tensor this process holds of parameter p, the index of its first row in the full parameter).
+
+    A plain tensor is all of itself. An FSDP2 parameter is a DTensor sharded on dim 0 the way torch.chunk
+    splits it: ceil(rows / ranks) rows per rank, the last ranks' chunks shorter or empty.
+    """
+    if not hasattr(p, "to_local"):
+        return p.data, 0
+    from torch.distributed.tensor import Shard
+    assert len(p.placements) == 1 and p.placements[0] == Shard(0), f"expected FSDP's Shard(0), got {p.placements}"
+    mesh, n = p.device_mesh, p.shape[0]
+    per_rank = -(-n // mesh.size())
+    first = min(mesh.get_local_rank() * per_rank, n)
+    local = p.to_local()
+    assert local.shape[0] == min(per_rank, n - first), (tuple(local.shape), n, first)
+    return local, first
+
+
+@torch.no_grad()
+def load_weights(model: Transformer, path):
+    """Fill the parameters of `model` (already allocated: plain, or FSDP2-sharded DTensors) from the HF
+    checkpoint in `path`. Each process reads only the rows it holds, straight from the safetensors files
+    (one slice at a time, cast on copy), so no process ever holds the full model, and ranks need no
+    communication: a 32B model loads onto 8 GPUs with ~1/8 of it per rank.
+    Also sets model.source_dir / generation_config / n_real_tokens, as load_model does."""
+    path = Path(resolve_model_path(path))
+    cfg = model.config
+    params = dict(model.named_parameters())  # a tied head is listed once, as embed.weight
     wanted = hf_key_map(cfg)
     filled = set()
-    with torch.no_grad():
-        for file in _checkpoint_files(path):
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                        continue  # some exporters write both tied keys; the embedding is the one we keep
-                    if name not in wanted:
-                        raise ValueError(f"{file}: unexpected tensor {name!r} (not part of a "
-                                         f"{cfg.model_type} model with this config.json)")
-                    ours, part = wanted[name]
-                    target = model.get_parameter(ours)[part_rows(cfg, part)]
-                    shape = tuple(f.get_slice(name).get_shape())
-                    if shape != tuple(target.shape):
-                        raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config.json implies {tuple(target.shape)}")
-                    target.copy_(f.get_tensor(name))  # casts to the model dtype; one tensor in flight at a time
-                    filled.add(name)
+    for file in _checkpoint_files(path):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue  # some exporters write both tied keys; the embedding is the one we keep
+                if name not in wanted:
+                    raise ValueError(f"{file}: unexpected tensor {name!r} (not part of a "
+                                     f"{cfg.model_type} model with this config.json)")
+                ours, part = wanted[name]
+                p = params[ours]
+                rows = range(p.shape[0])[part_rows(cfg, part)]  # this tensor's rows of the (fused) parameter
+                shape = tuple(f.get_slice(name).get_shape())
+                want = (len(rows), *p.shape[1:])
+                if shape != want:
+                    raise ValueError(f"{file}: tensor {name!r} has shape {shape}, config.json implies {want}")
+                local, first = local_rows(p)
+                a, b = max(rows.start, first), min(rows.stop, first + local.shape[0])  # rows we hold of it
+                if a < b:
+                    local[a - first:b - first].copy_(f.get_slice(name)[a - rows.start:b - rows.start])
+                filled.add(name)
     missing = sorted(set(wanted) - filled)
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         raise ValueError(f"{path}: checkpoint lacks tensor(s) {missing[:5]}{more}")
-    model.eval()
     model.source_dir = path
     gen = path / "generation_config.json"
     model.generation_config = json.loads(gen.read_text()) if gen.is_file() else {}

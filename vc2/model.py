@@ -19,6 +19,7 @@ Numerics that must match HF exactly (see tests/test_model.py):
   * rotate-half (NeoX) RoPE, applied to q and k after their bias.
   * GQA: kv head j serves query heads j*g .. j*g+g-1 (what repeat_interleave / enable_gqa does).
 """
+import inspect
 import math
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from vc2.config import ModelConfig
+from vc2.kernels import dispatch as kernels  # Triton kernels, used on CUDA when available (kernels/dispatch.py)
 
 # Optional GPU attention kernels. Both are CUDA-only; on CPU we use SDPA (see `attention`).
 try:
@@ -46,6 +48,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        if kernels.use(x):
+            return kernels.rms_norm(x, self.weight, self.eps)
         if x.dtype == self.weight.dtype == torch.float32:  # one fused op (same values as the HF order in fp32)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # HF order: normalise in fp32, cast back, *then* scale. Scaling before the cast rounds differently.
@@ -70,8 +74,63 @@ def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
 
 def apply_rope(x, cos, sin):
     """x (B, T, n, hd); cos/sin (B, T, 1, hd). Rotate-half: pairs are (i, i + hd/2), not interleaved."""
+    if kernels.use(x):
+        return kernels.apply_rope(x, cos, sin)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def half_dtype(q) -> torch.dtype | None:
+    """The fp16/bf16 dtype FlashAttention kernels should get for q: the autocast dtype when autocast is
+    on (RoPE promotes q/k to fp32 under autocast while v stays bf16, and autocast covers neither
+    flash-attn nor torch's varlen op), else q's own dtype when it is half (FSDP bf16 parameters),
+    else None (an fp32 run)."""
+    if torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return q.dtype if q.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def packed_backend(backend: str, is_cuda: bool, half: torch.dtype | None) -> str:
+    """Resolve "auto" for a packed row: FlashAttention on CUDA in half precision (flash-attn, else torch's
+    varlen op), else one SDPA call per document (CPU, and fp32 on CUDA: the flash kernels refuse fp32)."""
+    if backend == "auto":
+        if is_cuda and half is not None and flash_attn_varlen_func is not None:
+            return "flash_attn"
+        if is_cuda and half is not None and varlen_attn is not None:
+            return "torch_varlen"
+        return "sdpa_loop"
+    if backend in ("flash_attn", "torch_varlen") and half is None:
+        raise ValueError(f"attention backend {backend!r} needs fp16/bf16 inputs or autocast (got fp32); "
+                         "use 'sdpa_loop' (what 'auto' picks for fp32)")
+    return backend
+
+
+def varlen_causal_kwargs(fn) -> tuple[dict, bool]:
+    """(keyword arguments that make torch's `varlen_attn` causal, whether it takes `enable_gqa`).
+
+    The op is new and its signature moved between releases: 2.13 asks for `window_size=(-1, 0)` and
+    `enable_gqa=True` (keyword-only); earlier releases take `is_causal` and have no GQA flag (their
+    FlashAttention call accepts fewer k/v heads as is). Read once per function object, by inspection.
+    """
+    if fn not in _VARLEN_KWARGS:
+        params = inspect.signature(fn).parameters
+        if "window_size" in params:
+            kw = {"window_size": (-1, 0)}  # a tuple: the op compares with == (-1, 0); a list would be non-causal
+        elif "is_causal" in params:
+            kw = {"is_causal": True}
+        else:
+            raise RuntimeError(f"torch varlen_attn{inspect.signature(fn)}: no causal argument vc2 knows; "
+                               "use set_attention_backend('sdpa_loop') or install flash-attn")
+        _VARLEN_KWARGS[fn] = (kw, "enable_gqa" in params)
+    return _VARLEN_KWARGS[fn]
+
+
+_VARLEN_KWARGS = {}
+if varlen_attn is not None:
+    try:
+        varlen_causal_kwargs(varlen_attn)  # read the signature now, outside any compiled region
+    except RuntimeError:
+        pass  # an unknown signature: the error is raised when the backend is used
 
 
 def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend="auto"):
@@ -82,11 +141,13 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
       * packed row (B=1, cu_seqlens): causal inside each document, nothing across documents.
       * explicit boolean attn_mask (B, 1, T, S), True = may attend (e.g. a left-padded batch);
         the KV-cache path does not come here: the cache attends itself (vc2/engine.py).
-    `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA; on CPU
-    "sdpa_loop" (one SDPA call per document). On the 2-core CPU (bench/bench_attention.py, 2048 tokens,
-    5 documents) it is ~2x faster than one SDPA call with an (N, N) block-diagonal mask ("sdpa_mask") in
-    the forward pass; forward+backward was a tie in bf16 and the mask was faster (0.73x) in fp32, so a
-    CPU training run may prefer set_attention_backend("sdpa_mask").
+    `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA in half precision
+    (see half_dtype, packed_backend); otherwise "sdpa_loop" (one SDPA call per document). On the 2-core CPU
+    (bench/bench_attention.py, 2048 tokens, 5 documents) the loop is ~2x faster than one SDPA call with an
+    (N, N) block-diagonal mask ("sdpa_mask") in the forward pass; forward+backward was a tie in bf16 and
+    the mask was faster (0.73x) in fp32, so a CPU training run may prefer set_attention_backend("sdpa_mask").
+    `max_seqlen` (the longest document) should come from the data as a host int: reading it from
+    cu_seqlens is a device->host sync (the model does it once per forward when it is not given).
     """
     B, T, H, hd = q.shape
     K = k.shape[2]
@@ -98,28 +159,27 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
         return y.transpose(1, 2)
 
     assert B == 1, "a packed batch is one row; cu_seqlens indexes into it"
-    assert int(cu_seqlens[-1]) == T, f"cu_seqlens ends at {int(cu_seqlens[-1])} but the row has {T} tokens"
-    if backend == "auto":
-        if q.is_cuda and flash_attn_varlen_func is not None:
-            backend = "flash_attn"
-        elif q.is_cuda and varlen_attn is not None:
-            backend = "torch_varlen"
-        else:
-            backend = "sdpa_loop"
-    if max_seqlen is None:
+    if not cu_seqlens.is_cuda and not torch.compiler.is_compiling():  # free on CPU; a sync on CUDA
+        assert int(cu_seqlens[-1]) == T, f"cu_seqlens ends at {int(cu_seqlens[-1])} but the row has {T} tokens"
+    half = half_dtype(q)
+    backend = packed_backend(backend, q.is_cuda, half)
+    if max_seqlen is None and backend in ("flash_attn", "torch_varlen"):
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     if backend == "flash_attn":
         cu = cu_seqlens.to(torch.int32)
-        y = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, causal=True)
+        y = flash_attn_varlen_func(q[0].to(half), k[0].to(half), v[0].to(half), cu, cu, max_seqlen, max_seqlen,
+                                   causal=True)
         return y.unsqueeze(0)
     if backend == "torch_varlen":
         cu = cu_seqlens.to(torch.int32)
-        # 2.13 signature: causal is window_size=(-1, 0) (an older release had is_causal=True).
-        y = varlen_attn(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, window_size=(-1, 0), enable_gqa=H != K)
+        kw, has_gqa_flag = varlen_causal_kwargs(varlen_attn)
+        if has_gqa_flag:
+            kw = {**kw, "enable_gqa": H != K}
+        y = varlen_attn(q[0].to(half), k[0].to(half), v[0].to(half), cu, cu, max_seqlen, max_seqlen, **kw)
         return y.unsqueeze(0)
     if backend == "sdpa_loop":
         out = torch.empty_like(q)
-        bounds = cu_seqlens.tolist()
+        bounds = cu_seqlens.tolist()  # a host read: free on CPU; on CUDA only fp32 runs come here
         for s, e in zip(bounds[:-1], bounds[1:]):
             qd, kd, vd = (t[:, s:e].transpose(1, 2) for t in (q, k, v))  # (1, n, len, hd)
             out[:, s:e] = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=H != K).transpose(1, 2)
@@ -168,7 +228,10 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        gate_up = self.gate_up(x)
+        if kernels.use(gate_up):
+            return self.down(kernels.swiglu(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)  # SwiGLU
 
 
@@ -222,8 +285,9 @@ class Transformer(nn.Module):
         target of position t) it returns instead the *summed* cross-entropy, computed `loss_chunk` tokens
         at a time so the (tokens x vocab) fp32 logits never exist all at once (see chunked_cross_entropy).
 
-        position_ids (B, T): defaults to 0..T-1 (offset by the cache fill when a kv_cache is given).
+        position_ids (B, T): defaults to 0..T-1 (required with a kv_cache).
         cu_seqlens (n_docs+1,) int32 with B == 1: a packed row; position_ids must restart at 0 per document.
+        max_seqlen: its longest document as a host int (vc2.data gives it; computed here when missing).
         kv_cache: an object with .attend(layer_idx, q, k, v) -> attention output, which writes the new
         keys/values into the cache and attends over what each row has cached (vc2/engine.py); it needs
         position_ids. attn_mask (B, 1, T, S) bool: an explicit mask for a plain batch.
@@ -232,6 +296,8 @@ class Transformer(nn.Module):
         if position_ids is None:
             assert kv_cache is None, "a kv_cache forward needs position_ids (each row's cache position)"
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        if cu_seqlens is not None and max_seqlen is None:  # one device->host read per forward, not per layer
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         x = self.embed(input_ids)  # (B, T, D)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for block in self.layers:
@@ -259,7 +325,10 @@ def chunked_cross_entropy(hidden, weight, labels, chunk: int):
     """Sum of CE(hidden @ weight.T, labels) over labels != -100, computing logits for supervised positions
     only (the head is most of the FLOPs of a small model with a 152K vocabulary). Each chunk's logits are recomputed in
     backward (activation checkpointing) rather than kept, so at 16K tokens x 152K vocab we hold ~0.6 GB
-    of fp32 logits per 1K-token chunk instead of ~10 GB (plus as much again for their gradient)."""
+    of fp32 logits per 1K-token chunk instead of ~10 GB (plus as much again for their gradient).
+    With kernels on, the fused Triton version runs instead (kernels/cross_entropy.py)."""
+    if kernels.use(hidden):
+        return kernels.linear_cross_entropy(hidden, weight, labels, chunk)
     y = labels.reshape(-1)                    # (N,)
     keep = (y != -100).nonzero().squeeze(-1)  # only supervised positions need logits at all: in SFT the
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)  # prompts are often half the tokens

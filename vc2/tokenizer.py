@@ -119,6 +119,82 @@ class Tokenizer:
             mask.append(int(inside))
         return enc.ids, mask
 
+    def render_chats(self, conversations) -> list[tuple[list[int], list[int]]]:
+        """render_chat for many conversations at once (training data): the same (ids, loss_mask), faster.
+
+        The tokenizer splits its added tokens out of the text before anything else, so the text between two
+        <|im_start|>/<|im_end|> tokens is encoded on its own either way. Here each such piece
+        ("{role}\\n{content}", and the "\\n" between turns) is encoded by itself, in one batch, without
+        character offsets (which render_chat builds and walks token by token). The mask then
+        follows from the structure: within an assistant piece, the tokens after the "assistant\\n" header
+        are content. That holds when the piece's ids start with the header's own ids, which proves those
+        tokens cover exactly the header's bytes; when the content's first characters merge with the
+        newline (content starting with whitespace), or the tokenizer is not one whose pieces are
+        independent (see _pieces_are_independent), that conversation goes through render_chat instead.
+        """
+        if not self._pieces_are_independent():
+            return [self.render_chat(m) for m in conversations]
+        pieces = []
+        for messages in conversations:
+            self.render_chat_text(messages)  # the same validation and errors as render_chat
+            pieces += [f"{m['role']}\n{m['content']}" for m in messages]
+        encode = getattr(self.tk, "encode_batch_fast", self.tk.encode_batch)  # _fast: tokenizers >= 0.20.2
+        encoded = encode(pieces, add_special_tokens=False)
+        S, E, nl = self.im_start_id, self.im_end_id, self._piece_ids["\n"]
+        head = self._piece_ids["assistant\n"]
+        out, k = [], 0
+        for messages in conversations:
+            ids, mask = [], []
+            if messages[0]["role"] != "system" and self.default_system_prompt is not None:
+                ids += self._system_turn
+                mask += [0] * len(self._system_turn)
+            fallback = False
+            for m in messages:
+                p = encoded[k].ids
+                k += 1
+                ids.append(S)
+                ids += p
+                ids.append(E)
+                ids += nl
+                if m["role"] == "assistant":
+                    if p[:len(head)] != head:
+                        fallback = True
+                    # <|im_start|> and the header unsupervised; content and the closing <|im_end|> supervised
+                    mask += [0] * (1 + len(head)) + [1] * (len(p) - len(head) + 1) + [0] * len(nl)
+                else:
+                    mask += [0] * (len(p) + 2 + len(nl))
+            out.append(self.render_chat(messages) if fallback else (ids, mask))
+        return out
+
+    def _pieces_are_independent(self) -> bool:
+        """Whether encoding the pieces between <|im_start|>/<|im_end|> separately gives the whole text's ids:
+        byte-level BPE (Qwen2, SmolLM2, Llama 3) with no normalizer or NFC, and ChatML tokens that strip no
+        neighbouring whitespace. SentencePiece-style tokenizers (Metaspace) add a prefix per input, so
+        they are excluded. Checked once; a probe conversation must also render identically both ways."""
+        if hasattr(self, "_independent"):
+            return self._independent
+        self._independent = False
+        if self.im_start_id is None or self.im_end_id is None:
+            return False
+        spec = json.loads(self.tk.to_str())
+        normalizer = spec.get("normalizer") or {}
+        added = {t["content"]: t for t in spec.get("added_tokens", [])}
+        ok = ("ByteLevel" in json.dumps(spec.get("pre_tokenizer")) and "Metaspace" not in json.dumps(spec)
+              and normalizer.get("type") in (None, "NFC")
+              and all(not added.get(t, {}).get(f) for t in (IM_START, IM_END) for f in ("lstrip", "rstrip", "single_word")))
+        if ok:
+            self._piece_ids = {p: self.tk.encode(p, add_special_tokens=False).ids for p in ("\n", "assistant\n")}
+            sys_text = f"{IM_START}system\n{self.default_system_prompt}{IM_END}\n"
+            self._system_turn = self.tk.encode(sys_text, add_special_tokens=False).ids if self.default_system_prompt is not None else []
+            self._independent = True  # provisionally, for the probe below
+            probe = [[{"role": "user", "content": "Plot  x²\n\n  with a <b>title</b>"},
+                      {"role": "assistant", "content": "```python\nimport matplotlib\n```\n\n"}],
+                     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " y"},
+                      {"role": "assistant", "content": "Done. ✓"}, {"role": "user", "content": "again\r\n"},
+                      {"role": "assistant", "content": "ok"}]]
+            self._independent = all(fast == self.render_chat(m) for fast, m in zip(self.render_chats(probe), probe))
+        return self._independent
+
 
 def load_tokenizer(path) -> Tokenizer:
     """Tokenizer of a checkpoint directory (tokenizer.json + optional tokenizer_config.json, generation_config.json)."""

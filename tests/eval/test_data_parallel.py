@@ -132,13 +132,16 @@ def test_torchrun_run_eval_two_ranks_equal_one_process(tmp_path, tokenizer_dir):
     assert summary["meta"]["ranks"] == 2 and summary["overall"] == json.loads((tmp_path / "one" / "summary.json").read_text())["overall"]
 
 
-def test_node_tasks_scale_the_uid_wide_process_limit_not_the_per_container_one(monkeypatch):
+def test_node_tasks_scale_the_uid_wide_process_limit_not_the_cgroup_one(monkeypatch):
     from vc2.eval import sandbox as sb
     monkeypatch.setattr(sb, "NODE_TASKS", 1)
-    one = sb._limits(10, 2048, 256, 512, 1024)
+    limits = sb.Limits(timeout_s=10, nproc=512)
+    one = sb._rlimits(limits, cgroup=None)
     sb.set_node_tasks(6)  # e.g. 3 workers x 2 ranks on this machine
-    six = sb._limits(10, 2048, 256, 512, 1024)
+    six = sb._rlimits(limits, cgroup=None)
     assert (one["nproc"], six["nproc"]) == (512, 6 * 512)  # RLIMIT_NPROC counts all the uid's processes
     assert {k: v for k, v in six.items() if k != "nproc"} == {k: v for k, v in one.items() if k != "nproc"}
-    argv = sb._wrap("podman", ["python3", "x.py"], Path("/tmp/w"), (1000, 1000), {}, six, "vc2-t")
-    assert argv[argv.index("--pids-limit") + 1] == "512"  # a container's pids cgroup is per task: unchanged
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    with_cgroup = sb._rlimits(limits, cgroup=object())["nproc"]  # pids.max binds the tree instead
+    assert with_cgroup == (None if hard == resource.RLIM_INFINITY else hard)

@@ -5,8 +5,14 @@
 
 Round 0 asks every task once; each later round (up to --rounds) asks again only the tasks whose latest
 attempt failed, with the error fed back as a new user turn. The conversation keeps every attempt once
-(the original harness duplicated earlier turns). Infra errors (a missing renderer, a broken sandbox)
-are not the model's failure: they are not retried, not counted in pass rates, and reported loudly.
+(the original harness duplicated earlier turns). Infra errors (a missing renderer, a broken sandbox,
+an API request that failed after its retries) are not the model's failure: they are not self-debugged,
+not counted in that round's pass rate, reported loudly, and tried again by --resume.
+
+Every attempt with an image gets its offline fidelity score against the task's reference image
+(vc2/eval/fidelity.py; an attempt without an image scores 0). With a judge (vc2/eval/judge.py), every
+passing attempt is then judged (vis and task scores) in a last pass over results.jsonl, which
+appends the judged row; a later row for the same attempt supersedes the earlier one.
 
 Every attempt is appended to OUT/results.jsonl as soon as it has run, so a killed run continues with
 --resume and redoes nothing already recorded: the conversation of a task is rebuilt from its rows.
@@ -14,23 +20,26 @@ A model's round goes to the continuous-batching engine (vc2/engine.py) whole: --
 decode at once, a finished row's slot takes the next waiting task, and each answer is executed in a
 thread pool (--workers) as soon as it ends, while the others keep decoding; the executors start their
 own sandboxed processes, so threads are enough here. (The next round starts when the last execution
-of this one is back; its prompts need those outcomes.) Renders go to warm servers (vc2/eval/warm.py)
-unless warm=False, and the tasks of a round are interleaved by language, so that parallel workers
-mostly need different servers. Under torchrun the tasks are split over ranks (see `evaluate`).
+of this one is back; its prompts need those outcomes.) Other answer sources answer in batches
+(--batch-size). Renders go to warm servers (vc2/eval/warm.py) unless warm=False, and the tasks of a
+round are interleaved by language, so that parallel workers mostly need different servers. Under
+torchrun the tasks are split over ranks (see `evaluate`).
 """
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from tqdm import tqdm
 
-from vc2.eval import executors, prompts
+from vc2.eval import executors, fidelity, prompts
+from vc2.eval import sandbox as sb
+from vc2.eval.api import InfraFailure
 from vc2.eval.report import write_reports
 from vc2.eval.warm import WarmPool
 from vc2.sample import derive_seed
@@ -45,6 +54,7 @@ INFRA = "infra_error"
 # up to 5,000 new tokens, stop at the model's eos ids. (Its OpenAI engine uses 3,000 tokens.)
 PROTOCOL_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
 PROTOCOL_MAX_NEW_TOKENS = 5000
+PROTOCOL_API_MAX_NEW_TOKENS = 3000  # its budget for API models (the OpenAI engine's max_tokens)
 
 
 @dataclass
@@ -176,22 +186,61 @@ class FixedAnswers:
 
 
 def load_responses(path) -> dict:
-    """--responses FILE.jsonl: rows with `id` (and optional `language`) and `answer` or `code`."""
-    out = {}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    """--responses FILE.jsonl: rows with `id` (and optional `language`) and `answer` or `code`, both strings.
+    ValueError naming the file, line and field for anything else: a line that is not UTF-8 or not JSON, a
+    missing or non-string field, or an id given twice (which one would count?)."""
+    out, where = {}, {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not JSON ({e})") from None
-            if "id" not in row or not ({"answer", "code"} & set(row)):
+            if not isinstance(row, dict) or "id" not in row or not ({"answer", "code"} & set(row)):
                 raise ValueError(f"{path}:{n}: a response row needs 'id' and 'answer' or 'code'")
+            for field in ("id", "language", "answer", "code"):
+                if field in row and not isinstance(row[field], str) and not (field == "id" and isinstance(row[field], int)):
+                    if field == "language" and row[field] is None:
+                        continue
+                    raise ValueError(f"{path}:{n}: field {field!r} must be a string, not "
+                                     f"{type(row[field]).__name__} ({str(row[field])[:40]})")
             answer = row.get("answer")
             if answer is None:
                 answer = f"```\n{row['code']}\n```"
-            out[(row.get("language"), str(row["id"]))] = answer
+            key = (row.get("language"), str(row["id"]))
+            if key in out:
+                raise ValueError(f"{path}:{n}: id {key[1]!r}" + (f" ({key[0]})" if key[0] else "") +
+                                 f" is given twice (first at line {where[key]})")
+            out[key], where[key] = answer, n
+    return out
+
+
+def match_responses(path, responses: dict, tasks, all_tasks) -> dict:
+    """{task key: answer} for the selected tasks. ValueError for a response that names no task at all
+    (a typo, or another benchmark's file), or one id that fits tasks of two languages."""
+    by_id = {}
+    for t in all_tasks:
+        by_id.setdefault(t.id, []).append(t)
+    for (lang, tid) in responses:
+        hits = [t for t in by_id.get(tid, []) if lang in (None, t.language)]
+        if not hits:
+            raise ValueError(f"{path}: response id {tid!r}" + (f" (language {lang})" if lang else "") +
+                             " matches no task")
+        if len(hits) > 1:
+            raise ValueError(f"{path}: response id {tid!r} fits {len(hits)} tasks "
+                             f"({', '.join(task_key(t) for t in hits)}): give its 'language'")
+    selected = {task_key(t) for t in tasks}
+    out = {}
+    for (lang, tid), answer in responses.items():
+        for t in by_id[tid]:
+            if lang in (None, t.language) and task_key(t) in selected:
+                out[task_key(t)] = answer
     return out
 
 
@@ -264,20 +313,21 @@ def check_resume(path: Path, identity: dict, force: bool):
 
 
 def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume=False, seed=0, timeout_s=None,
-             warm=True, generation=None, force=False):
+             warm=True, generation=None, force=False, judge=None, judge_concurrency=4):
     """Run the benchmark; returns the summary dict (also written to OUT/summary.json).
 
     generation: the generation settings in force (recorded in run.json, summary.json and report.md, and
-    checked on --resume; --force resumes despite a difference). A model source with an engine
-    (`submit`) gets each round whole; sampled answers are seeded per (task, round).
+    checked on --resume; --force resumes despite a difference).
+    judge: a vc2.eval.judge.Judge; every passing attempt is judged, judge_concurrency at a time.
+    A model source with an engine (`submit`) gets each round whole; sampled answers are seeded per
+    (task, round), so they do not depend on the batch or the rank.
 
     Data parallel: when torch.distributed is initialised (run_eval.py under torchrun), each rank takes
     every world-th task of the interleaved list, generates and executes it, and appends to its own
     OUT/results.rank<R>.jsonl; at the end rank 0 gathers the new rows and their images over
-    torch.distributed (no shared filesystem needed), writes OUT/results.jsonl, the summary and the
-    reports. On --resume every rank reads all results*.jsonl files it has and the ranks exchange them,
-    so a run continues with any number of ranks.
-    """
+    torch.distributed (no shared filesystem needed), writes OUT/results.jsonl, judges, and writes the
+    summary and the reports. On --resume every rank reads all results*.jsonl files it has and the ranks
+    exchange them, so a run continues with any number of ranks."""
     out_dir = Path(out_dir)
     rank, world = _rank_world()
     earlier = sorted(out_dir.glob("results*.jsonl"))
@@ -301,10 +351,26 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
     done = dict(local)
     for part in _all_gather(local, world) if world > 1 else []:
         done.update(part)
-    if done and rank == 0:
-        print(f"resuming: {len(done)} attempts already in {out_dir}")
     mine = tasks if world == 1 else interleave(tasks)[rank::world]
     results_path = out_dir / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+    if done and rank == 0:
+        print(f"resuming: {len(done)} attempts already in {out_dir}")
+    retry = [k for k, row in done.items() if row["outcome"] == INFRA]
+    if retry:  # infra errors are not the model's answer: ask and run those attempts again
+        if rank == 0:
+            print(f"resuming: retrying {len(retry)} attempt(s) that ended in an infra error")
+        for k in retry:
+            del done[k]
+    stale = sb.clean_stale()  # left by killed runs; live runs' and ranks' dirs are not touched
+    if stale:
+        print(f"removed {stale} temporary dir(s) of killed vc2 runs")
+    sb.hide(out_dir)  # other tasks' images and answers are never visible to a sandboxed program
+    try:
+        fidelity._libs()
+        score_images = True
+    except ImportError as e:
+        print(f"fidelity scores off: {e}")
+        score_images = False
     lock = threading.Lock()
     warm_pool = None
     if warm:
@@ -312,34 +378,59 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             warm_pool = WarmPool(sandbox)
         except ValueError:  # no sandbox mode works: every execution reports that as an infra error
             warm_pool = None
-        if warm_pool and warm_pool.why_cold and rank == 0:
+        if warm_pool and warm_pool.why_cold:
             print(f"warm workers off: {warm_pool.why_cold}")
     results_file = open(results_path, "a")
     new_rows = []
 
+    def record(row):
+        with lock:
+            results_file.write(json.dumps(row) + "\n")
+            results_file.flush()
+            done[(row["key"], row["round"])] = row
+            new_rows.append(row)
+        return row
+
     def run_one(task, rnd, answer: Answer, gen_s):
+        if isinstance(answer, InfraFailure):  # the answer source failed (an API request, after its retries)
+            return record({"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
+                           "outcome": INFRA, "error": f"answer source: {answer.message}", "code": "", "answer": "",
+                           "image": None, "fidelity": None, "gen_s": round(gen_s, 3), "exec_s": 0.0})
         code = prompts.extract_code(task.language, answer.text)
-        with tempfile.TemporaryDirectory(prefix="vc2-") as tmp:
-            t0 = time.perf_counter()
-            outcome = executors.run(task.language, code, Path(tmp), data_csv=task.data_csv, sandbox=sandbox,
+        tmp = sb.private_dir("task")
+        t0 = time.perf_counter()
+        image = None
+        try:
+            outcome = executors.run(task.language, code, tmp, data_csv=task.data_csv, sandbox=sandbox,
                                     timeout_s=timeout_s, warm=warm_pool)
-            exec_s = time.perf_counter() - t0
-            image = None
             if outcome.image is not None and Path(outcome.image).is_file():
                 image = out_dir / "images" / task.language / f"{task.id}_r{rnd}.png"
                 image.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(outcome.image, image)
+        except Exception as e:  # ours, not the program's: this task's infra error, and the run goes on
+            outcome = SimpleNamespace(status=INFRA, error=f"vc2 failed on this task: {type(e).__name__}: {e}",
+                                      sandbox=sandbox)
+            image = None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        exec_s = time.perf_counter() - t0
         row = {"key": task_key(task), "id": task.id, "language": task.language, "round": rnd,
                "outcome": outcome.status, "error": outcome.error or "", "code": code, "answer": answer.text,
                "stop": answer.stop, "prompt_tokens": answer.prompt_tokens, "new_tokens": answer.new_tokens,
                "image": str(image.relative_to(out_dir)) if image else None, "sandbox": outcome.sandbox,
                "gen_s": round(gen_s, 3), "exec_s": round(exec_s, 3)}
-        with lock:
-            results_file.write(json.dumps(row) + "\n")
-            results_file.flush()
-            done[(row["key"], rnd)] = row
-            new_rows.append(row)
-        return row
+        row["fidelity"], row["fidelity_parts"] = None, None
+        ref = getattr(task, "reference_image", None)
+        if score_images and outcome.status != INFRA and ref and Path(ref).is_file():
+            if image is None:
+                row["fidelity"] = 0.0  # nothing drawn: as far from the reference as a blank image
+            else:
+                try:
+                    parts = fidelity.score(ref, image)
+                    row["fidelity"], row["fidelity_parts"] = parts.pop("score"), parts
+                except Exception as e:  # a score we could not compute is missing, never a crash or a 0
+                    row["fidelity_error"] = f"{type(e).__name__}: {e}"[:300]
+        return record(row)
 
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -370,7 +461,9 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 def execute(task, answer, gen_s):
                     if answer is None:
                         raise ValueError(f"no answer for task {task_key(task)} in {source.name}")
-                    f = pool.submit(run_one, task, rnd, answer if isinstance(answer, Answer) else Answer(answer), gen_s)
+                    if not isinstance(answer, (Answer, InfraFailure)):
+                        answer = Answer(answer)
+                    f = pool.submit(run_one, task, rnd, answer, gen_s)
                     f.add_done_callback(lambda _: bar.update(1))
                     futures.append(f)
 
@@ -401,6 +494,24 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 for f in futures:
                     f.result()  # re-raise any bug in the worker
                 bar.close()
+        if world > 1:  # rank 0 collects every rank's new rows and the images of the rows it has
+            mine_rows = list(local.values()) + new_rows
+            images = {r["image"]: (out_dir / r["image"]).read_bytes() for r in mine_rows
+                      if r.get("image") and (out_dir / r["image"]).is_file()}
+            parts = _gather((new_rows, images), world)  # every rank takes part; only rank 0 receives
+            for rows, imgs in parts or []:
+                for row in rows:
+                    done[(row["key"], row["round"])] = row
+                for rel, data in imgs.items():
+                    if not (out_dir / rel).is_file():
+                        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (out_dir / rel).write_bytes(data)
+        if rank == 0 and (world > 1 or any(p.name != "results.jsonl" for p in earlier)):
+            results_file.close()  # rank files: one merged results.jsonl, which the judge's rows then extend
+            write_merged_results(out_dir / "results.jsonl", done, tasks)
+            results_file = open(out_dir / "results.jsonl", "a")
+        if judge is not None and rank == 0:
+            judge_all(judge, tasks, done, out_dir, record, judge_concurrency)
     finally:
         results_file.close()
         if warm_pool:
@@ -408,26 +519,16 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
     if warm_pool and warm_pool.stats["failed"]:
         print(f"warm workers: {len(warm_pool.stats['failed'])} server failure(s), those tasks ran cold; first: "
               f"{warm_pool.stats['failed'][0][:300]}")
-    if world > 1:  # rank 0 collects every rank's new rows and the images of the rows it has
-        mine_rows = list(local.values()) + new_rows
-        images = {r["image"]: (out_dir / r["image"]).read_bytes() for r in mine_rows
-                  if r.get("image") and (out_dir / r["image"]).is_file()}
-        parts = _gather((new_rows, images), world)  # every rank takes part; only rank 0 receives
-        for rows, imgs in parts or []:
-            for row in rows:
-                done[(row["key"], row["round"])] = row
-            for rel, data in imgs.items():
-                if not (out_dir / rel).is_file():
-                    (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (out_dir / rel).write_bytes(data)
     summary = None
     if rank == 0:
-        if world > 1 or any(p.name != "results.jsonl" for p in earlier):  # rank files: one merged results.jsonl
-            write_merged_results(out_dir / "results.jsonl", done, tasks)
         environment = executors.describe_sandbox(sandbox)  # the sandbox mode and every renderer's version
-        summary = write_reports(tasks, done, out_dir, rounds, meta={
+        summary = write_reports(tasks, read_results(out_dir / "results.jsonl"), out_dir, rounds, meta={
             "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
-            "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off", "ranks": world})
+            "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off",
+            "fidelity": "vc2.eval.fidelity" if score_images else "off (scikit-image/ImageHash missing)",
+            "judge": None if judge is None else {"model": judge.name, "base_url": judge.client.base_url,
+                                                 "stats": dict(judge.client.stats)},
+            "api": dict(source.client.stats) if hasattr(source, "client") else None, "ranks": world})
     return _broadcast(summary, world)
 
 
@@ -475,6 +576,31 @@ def _broadcast(obj, world):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def judge_all(judge, tasks, done, out_dir, record, concurrency):
+    """Judge every passing attempt that has no judge scores yet (or whose call failed last time), and
+    append its row again with them. Unscored answers keep their status ("error", "unparsed") and no score."""
+    by_key = {task_key(t): t for t in tasks}
+
+    def needs(row):
+        j = row.get("judge")
+        return (row["outcome"] == "pass" and row.get("image") and row["key"] in by_key
+                and (j is None or any(j.get(k, {}).get("status") == "error" for k in ("vis", "task"))))
+
+    rows = [row for row in done.values() if needs(row)]
+    if not rows:
+        return
+
+    def one(row):
+        task, image = by_key[row["key"]], out_dir / row["image"]
+        ref = getattr(task, "reference_image", None)
+        vis = (judge.vis(image, ref) if ref and Path(ref).is_file()
+               else {"score": None, "status": "no_reference", "detail": "the task has no reference image"})
+        return record({**row, "judge": {"model": judge.name, "vis": vis, "task": judge.task(image, task)}})
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(tqdm(pool.map(one, rows), total=len(rows), desc="judge", unit="attempt", dynamic_ncols=True))
 
 
 class _Offset:

@@ -6,25 +6,36 @@ LilyPond's Guile, V8 or matplotlib's imports again. The runner and bench_eval.py
         out = executors.run("html", code, workdir, warm=pool)    # same Outcome as a cold run
     pool.stats    # {"warm": tasks served warm, "cold": fallbacks, "started": servers, "failed": [...]}
 
-One server = one executors/warm_server.py inside the same sandbox as a cold run (sandbox._wrap:
-bwrap or unshare namespaces, the unprivileged user, rlimits, no network), talking JSON lines over
-stdin/stdout. Per task, the host copies the work dir into the server's private dir (<dir>/t), the
-server renders it, and for kinds that run task code in processes (python, lilypond) kills every
-process left in its pid namespace and empties the writable tmpfs before it answers; the host then
-copies the results back and empties the private dir. How each kind keeps tasks apart is in
-warm_server.py's docstring. Servers are kept per (kind, options) and per worker thread's demand:
-at most one per concurrently running task, and replaced after MAX_TASKS tasks.
+One server = one executors/warm_server.py in a sandbox.Box of its own (the same wrapping as a cold run:
+namespaces, the unprivileged user, the minimal root, seccomp, rlimits, no network; and, as root, a
+tmpfs dir and a cgroup for the server and its tasks), talking JSON lines over stdin/stdout. Per task,
+the host copies the work dir into a fresh, randomly named dir inside the server's, sends a request
+with a fresh nonce, and accepts only the answer that carries it; then it copies the results back and
+empties the server's dir. Servers are kept per (kind, options) and per worker thread's demand: at most
+one per concurrently running task, and replaced after MAX_TASKS tasks.
+
+What a task can reach (python and lilypond run task code as processes; warm_server.py's docstring says how):
+- not its server: the task is a fork of it, but in a user and pid namespace of its own, where the
+  server has no pid to signal, trace or open (and the server is not dumpable, and ptrace,
+  process_vm_* and pidfd_getfd are refused by seccomp); it was forked before the request arrived, so
+  it never holds the nonce; all the server's fds are closed in it;
+- not a later task: when the task's first process exits, the kernel kills every other process of its
+  pid namespace before the server answers; the server also sweeps and wipes its scratch tmpfs, and
+  the host empties the dir; the next task gets a fresh dir name the task could not guess;
+- vegalite and browser tasks run no processes (a JSON spec; page JavaScript in Chromium), and their
+  state is reset per task (see warm_server.py).
 
 Safety rules:
 - Warm workers change speed, never a verdict: a server that does not start, dies, or answers
-  anything unexpected (a task that kills its own server included) is discarded and the task runs
-  cold through sandbox.run. A timeout kills the server with its task (the verdict is "timeout",
-  as cold); the next task gets a fresh server.
+  anything unexpected (a wrong nonce included) is discarded and the task runs cold through
+  sandbox.run. A timeout kills the server with its task (the verdict is "timeout", as cold); the next
+  task gets a fresh server.
 - They need a pid namespace (bwrap, unshare) to be sure nothing of a task outlives it; in plain and
   container modes every task runs cold.
 - Limits: per-task CPU/memory/file-size rlimits are set in the forked task process (python,
-  lilypond); vegalite and browser tasks run under the server's limits. The server's private dir is
-  the same for every task it serves (<dir>/t), emptied in between.
+  lilypond); the server's cgroup (memory total, process count: the task's limits plus the server's own
+  share) and tmpfs (the task's disk quota plus the preload) hold for the server and its one task at
+  a time; vegalite and browser tasks run under the server's limits.
 """
 import atexit
 import json
@@ -69,14 +80,16 @@ class ServerFailed(Exception):
     """The warm engine failed (not the task): the caller falls back to a cold run."""
 
 
-def _empty(path):
-    """Remove everything inside `path` (the task may have left read-only or unreadable dirs)."""
+def _empty(path, keep=()):
+    """Remove everything inside `path` but `keep` (the task may have left read-only or unreadable dirs)."""
     def fix(func, p, _):
         os.chmod(os.path.dirname(p), 0o700)
         if os.path.isdir(p) and not os.path.islink(p):
             os.chmod(p, 0o700)
         func(p)
     for entry in list(path.iterdir()):
+        if entry.name in keep:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, onerror=fix)
         else:
@@ -97,38 +110,51 @@ def _tail(path):
         return f.read(sb.TAIL).decode("utf-8", "replace")
 
 
-class Server:
-    """One warm_server.py in its own sandbox. Not thread-safe: one task at a time (the pool sees to it)."""
+# What a server needs on top of its one task's limits: its own memory (Chromium ~400 MB, matplotlib
+# ~150 MB) and threads, and the preloaded files in its dir.
+SERVER_MEM_MB, SERVER_NPROC, SERVER_DISK_MB = 1024, 256, 64
+LOGS_MB = 16  # the tasks' stdout/stderr files (the host keeps the last sandbox.TAIL characters)
 
-    def __init__(self, job, mode, mem_mb, fsize_mb, nproc, nofile):
+
+class Server:
+    """One warm_server.py in its own sandbox.Box. Not thread-safe: one task at a time (the pool sees to it)."""
+
+    def __init__(self, job, mode, limits: sb.Limits):
         self.job, self.mode, self.tasks, self.killed = job, mode, 0, False
-        self.user = sb.sandbox_user()
-        self.token = secrets.token_hex(8)
-        self.dir = Path(tempfile.mkdtemp(prefix="vc2-warm-", dir="/tmp"))  # bound read-write inside
-        fd, log = tempfile.mkstemp(prefix="vc2-warm-log-")                 # the server's stderr, outside
-        os.close(fd)
-        self.log = Path(log)
+        self.box = sb.Box(mode, sb.Limits(None, limits.mem_mb + SERVER_MEM_MB, limits.fsize_mb,
+                                           limits.nproc + SERVER_NPROC, limits.nofile,
+                                           limits.disk_mb + SERVER_DISK_MB), kind="warm")
+        self.token, self.dir = self.box.token, self.box.dir
         self.buf = b""
-        if job.preload_dir:
-            shutil.copytree(job.preload_dir, self.dir / ".preload")
-        if self.user:
-            sb._chown_tree(self.dir, self.user[0], self.user[1])
-        # the server's own scratch (Chromium's profile) is the sandbox's private /tmp, never the task dir
-        env = sb._env(self.dir, self.token, {"HOME": "/tmp", "TMPDIR": "/tmp"})
-        limits = sb._limits(None, mem_mb, fsize_mb, nproc, nofile)  # no CPU limit: the server lives long
-        argv = sb._wrap(mode, [sys.executable, "-I", str(SERVER), job.kind, *map(str, job.server_args)],
-                        self.dir, self.user, env, limits, f"vc2-{self.token}")
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         try:
+            extra = {"HOME": "/tmp", "TMPDIR": "/tmp"}
+            if job.preload_dir:  # read at start-up only (matplotlib's font list), removed once the server is up
+                self.box.copy_in(job.preload_dir, sub=".preload")
+                extra["MPLCONFIGDIR"] = str(self.dir / ".preload")
+            # The tasks' stdout/stderr go to a small tmpfs of their own: a task that fills its disk quota
+            # must still get its error message out.
+            self.logs = self.dir / ".logs"
+            self.logs.mkdir()
+            if self.box.mounted:
+                sb.mount_tmpfs(self.logs, LOGS_MB, *(self.box.user[:2] if self.box.user else (0, 0)))
+            elif self.box.user:
+                os.chown(self.logs, *self.box.user[:2])
+            # the server's own scratch (Chromium's profile) is the sandbox's private /tmp, never the task dir
+            env = sb.environment(self.dir, self.token, extra)
+            self.proc = self.box.popen([sys.executable, "-I", str(SERVER), job.kind, *map(str, job.server_args)],
+                                       env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.log = sb.TailReader(self.proc.stderr)  # the server's own messages: bounded, no disk
             hello = self._read(START_TIMEOUT_S)
         except ServerFailed:
             hello = None
+        except BaseException:
+            self.kill()
+            raise
         if not hello or not hello.get("ready"):
             why = (hello or {}).get("error") or self.log_tail() or "no answer"
             self.kill()
             raise ServerFailed(f"warm {job.kind} server did not start: {why}")
+        shutil.rmtree(self.dir / ".preload", ignore_errors=True)  # nothing of ours stays writable between tasks
 
     def _read(self, timeout_s):
         """The next JSON line from the server; None on timeout; ServerFailed if it closed its end."""
@@ -143,6 +169,8 @@ class Server:
                 if not chunk:
                     raise ServerFailed(f"warm {self.job.kind} server exited ({self.log_tail()})")
                 self.buf += chunk
+                if len(self.buf) > 1 << 20:
+                    raise ServerFailed(f"warm {self.job.kind} server answered more than 1 MB")
         line, self.buf = self.buf.split(b"\n", 1)
         try:
             return json.loads(line)
@@ -150,21 +178,17 @@ class Server:
             raise ServerFailed(f"warm {self.job.kind} server answered {line[:200]!r}") from None
 
     def log_tail(self, n=600):
-        try:
-            return self.log.read_text(errors="replace")[-n:].strip()
-        except OSError:
-            return ""
+        log = getattr(self, "log", None)
+        return b"".join(list(log.buf)).decode("utf-8", "replace")[-n:].strip() if log else ""
 
     def run(self, workdir, timeout_s, env, limits, task_args=()):
         """Render the task in `workdir` (results copied back into it); a sandbox.Result like sandbox.run's."""
-        task = self.dir / "t"
-        shutil.copytree(workdir, task, symlinks=True)  # fails if the last task's dir were still there
-        (task / ".tmp").mkdir(exist_ok=True)
-        if self.user:
-            sb._chown_tree(task, self.user[0], self.user[1])
-        out, err = self.dir / "_out", self.dir / "_err"
-        req = {"dir": str(task), "out": str(out), "err": str(err), "env": sb._env(task, self.token, env),
-               "limits": limits, "args": [str(a) for a in task_args]}
+        name = f"t-{secrets.token_hex(8)}"  # a fresh dir per task, not guessable by an earlier one
+        task = self.box.copy_in(workdir, sub=name)
+        out, err = self.logs / f"{name}.out", self.logs / f"{name}.err"
+        nonce = secrets.token_hex(16)
+        req = {"nonce": nonce, "dir": str(task), "out": str(out), "err": str(err),
+               "env": sb.environment(task, self.token, env), "limits": limits, "args": [str(a) for a in task_args]}
         t0 = time.monotonic()
         try:
             self.proc.stdin.write(json.dumps(req).encode() + b"\n")
@@ -175,37 +199,34 @@ class Server:
         wall = time.monotonic() - t0
         self.tasks += 1
         if answer is None:  # the wall-clock limit: the server goes with its task
-            self.kill(keep_dir=True)
+            self.box.kill()
+        elif answer.get("nonce") != nonce:
+            raise ServerFailed(f"warm {self.job.kind} server: an answer without this task's nonce: {str(answer)[:200]}")
         elif answer.get("rc") is None:
             raise ServerFailed(f"warm {self.job.kind} engine failed: {answer.get('error')}")
-        res = sb.Result(None if answer is None else answer["rc"], _tail(out), _tail(err), wall,
-                        answer is None, self.mode, self.token)
-        sb._copy_back(task, Path(workdir))
+        oom = self.box.oom_killed()
+        stderr = _tail(err) + (f"\n[vc2 sandbox] killed: memory total reached" if oom else "")
+        res = sb.Result(None if answer is None else answer["rc"], _tail(out), stderr, wall,
+                        answer is None, self.mode, self.token, oom)
+        sb.copy_back(task, Path(workdir))
         if answer is None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.kill()
         else:
-            _empty(self.dir)
+            _empty(self.dir, keep={".logs"})
+            _empty(self.logs)
+        if oom:  # the server's own state may be damaged: do not lend it again
+            self.kill()
         return res
 
     def alive(self):
-        return self.proc.poll() is None
+        return not self.killed and self.proc.poll() is None
 
-    def kill(self, keep_dir=False):
-        """Kill the server and everything of its sandbox; once (a timed-out run kills, then the pool retires)."""
+    def kill(self):
+        """Kill the server and everything of its sandbox, and remove the box; once."""
         if self.killed:
-            if not keep_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
             return
         self.killed = True
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        sb._sweep(self.token)
-        if not keep_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.log.unlink(missing_ok=True)
+        self.box.close()
 
 
 class WarmPool:
@@ -234,15 +255,17 @@ class WarmPool:
     def __exit__(self, *exc):
         self.close()
 
-    def run(self, job, workdir, mode, timeout_s, env=None, mem_mb=2048, fsize_mb=256, nproc=512, nofile=1024):
+    def run(self, job, workdir, mode, timeout_s, env=None, mem_mb=2048, fsize_mb=256, nproc=512, nofile=1024,
+            disk_mb=512):
         """A sandbox.Result, or None when the task must run cold (see the module docstring)."""
+        task_limits = sb.Limits(timeout_s, mem_mb, fsize_mb, nproc, nofile, disk_mb)
         if self.why_cold or mode != self.mode or job.server in self._broken:
             return self._cold()
         with self._lock:
             server = self._idle[job.server].pop() if self._idle[job.server] else None
         if server is None:
             try:
-                server = self._spawner.submit(Server, job, self.mode, mem_mb, fsize_mb, nproc, nofile).result()
+                server = self._spawner.submit(Server, job, self.mode, task_limits).result()
             except ServerFailed as e:
                 with self._lock:
                     if job.server not in self._broken:
@@ -253,10 +276,11 @@ class WarmPool:
             with self._lock:
                 self._all.add(server)
                 self.stats["started"] += 1
-        limits = {"cpu": int(2 * timeout_s + 10), "data": mem_mb << 20, "fsize": fsize_mb << 20}
+        limits = {"cpu": int(2 * timeout_s + 10), "data": mem_mb << 20, "fsize": fsize_mb << 20,
+                  "nofile": nofile}
         try:
             res = server.run(workdir, timeout_s, env, limits, job.task_args)
-        except (ServerFailed, OSError) as e:  # OSError: e.g. the last task's dir could not be emptied
+        except (ServerFailed, OSError) as e:  # OSError: e.g. the task's dir could not be made or emptied
             self._retire(server)
             with self._lock:
                 self.stats["failed"].append(str(e)[:300])

@@ -16,6 +16,7 @@ never pasted into a string literal (the original harness corrupted backslashes t
 import importlib.util
 import shutil
 import time
+import traceback
 from pathlib import Path
 
 from vc2.eval import images, sandbox as sb  # `sandbox` is run()'s argument name (the spec's API)
@@ -52,20 +53,30 @@ def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, 
         if sandbox != "auto":
             raise
         return Outcome("infra_error", str(e), sandbox="none")
-    missing = missing_tools(language)
+    if mode in ("docker", "podman"):  # the tools must be where the code runs: in the image
+        missing = sb.missing_in_image(mode, mod.TOOLS, mod.MODULES)
+        where = f"image {sb.IMAGE}"
+    else:
+        missing, where = missing_tools(language), "this machine"
     if missing:
-        return Outcome("infra_error", f"{language}: missing {', '.join(missing)}; {INSTALL_HINT}", sandbox=mode)
+        return Outcome("infra_error", f"{language}: {where} lacks {', '.join(missing)}; {INSTALL_HINT}", sandbox=mode)
     if data_csv is not None:
         (workdir / "data.csv").write_text(data_csv)
     t0 = time.monotonic()
     extra = {"warm": warm} if warm is not None and getattr(mod, "WARM", False) else {}
-    out = mod.render(code, workdir, mode, float(timeout_s or mod.TIMEOUT_S), **extra)
+    try:
+        out = mod.render(code, workdir, mode, float(timeout_s or mod.TIMEOUT_S), **extra)
+        if out.status == "pass":
+            assert out.image is not None and out.image.exists(), (language, out)
+            why = images.blank_reason(out.image)
+            if why:
+                out.status, out.error = "blank_image", f"the image is blank: {why}"
+    except images.UnusableImage as e:  # the program's output: its failure, recorded like any other
+        out = Outcome("no_image", f"the program's image cannot be used: {e}")
+    except Exception as e:  # a bug of ours while handling this one task: an infra error, and the run goes on
+        out = Outcome("infra_error", f"vc2 failed while handling this task's output: {type(e).__name__}: {e}",
+                      detail={"traceback": traceback.format_exc(limit=6)})
     out.wall_s, out.sandbox = time.monotonic() - t0, mode
-    if out.status == "pass":
-        assert out.image is not None and out.image.exists(), (language, out)
-        why = images.blank_reason(out.image)
-        if why:
-            out.status, out.error = "blank_image", f"the image is blank: {why}"
     return out
 
 

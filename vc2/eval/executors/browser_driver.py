@@ -24,6 +24,8 @@ from pathlib import Path
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
+MAX_RENDER_PIXELS = 36_000_000  # = vc2.eval.images.MAX_RENDER_PIXELS (drivers do not import vc2; a test checks)
+
 ARGS = ["--disable-features=BackForwardCache", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--hide-scrollbars", "--font-render-hinting=none",
         # Chromium's own sandbox needs a user namespace of its own; we already are in a sandbox
@@ -255,6 +257,15 @@ def settle(page, inflight, quiet_ms=60, limit_ms=10_000):
         quiet = quiet + 20 if not inflight else 0
 
 
+def capped_clip(page):
+    """None (the whole page), or the top of a page too large to screenshot whole (MAX_RENDER_PIXELS)."""
+    w, h = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    if w * h <= MAX_RENDER_PIXELS:
+        return None
+    w = min(w, 6000)
+    return {"x": 0, "y": 0, "width": w, "height": max(1, MAX_RENDER_PIXELS // w)}
+
+
 def render_html(page, origin, info, inflight):
     page.goto(origin + "index.html", wait_until="load")
     settle(page, inflight)                    # fetch("data.csv") and friends
@@ -267,7 +278,7 @@ def render_html(page, origin, info, inflight):
     for _ in range(12):
         page.wait_for_timeout(200)
         page.evaluate(RUN_FOR, 2000)
-        prev, shot = shot, page.screenshot(full_page=True)
+        prev, shot = shot, page.screenshot(full_page=True, clip=capped_clip(page))
         if shot == prev:
             break
     for err in info["page_errors"]:
@@ -301,7 +312,12 @@ def render_mermaid(page):
     if res["kind"] != "ok":
         print(res["msg"], file=sys.stderr)
         return 3 if res["kind"] == "syntax" else 1
-    page.locator("#out").screenshot(path=str(Path("image.png").resolve()))
+    box = page.locator("#out").bounding_box() or {"x": 0, "y": 0, "width": 1, "height": 1}
+    if box["width"] * box["height"] > MAX_RENDER_PIXELS:  # a huge diagram: its top-left part, capped
+        box["height"] = max(1, MAX_RENDER_PIXELS // max(int(box["width"]), 1))
+        page.screenshot(path=str(Path("image.png").resolve()), clip=box, full_page=True)
+    else:
+        page.locator("#out").screenshot(path=str(Path("image.png").resolve()))
     return 0
 
 

@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vc2.eval import sandbox
+from vc2.eval import images, sandbox
 
 STATUSES = ("pass", "syntax_error", "runtime_error", "timeout", "no_image", "blank_image", "infra_error")
 INSTALL_HINT = "install the renderers with `bash sandbox_images/install_host.sh`"
@@ -56,22 +56,39 @@ def execute(cmd, workdir, mode, timeout_s, warm=None, **limits):
     if res.timed_out:
         return res, Outcome("timeout", f"killed after {timeout_s:.0f} s wall-clock", wall_s=res.wall_s,
                             detail={"stderr_tail": trim(res.stderr, 500)})
-    # prlimit/setpriv could not start the tool: e.g. the interpreter lives in /root and the sandbox user
-    # cannot reach it in plain mode. That is the machine's problem, not the code's.
-    if res.returncode in (126, 127) and "failed to execute" in res.stderr:
+    # prlimit/setpriv could not start the tool (e.g. the interpreter lives in /root and the sandbox user
+    # cannot reach it in plain mode), a container engine could not (exit 125-127 with its "Error: ..."),
+    # or the sandbox's own set-up failed: the machine's problem, not the code's.
+    engine = mode in ("docker", "podman") and res.returncode in (125, 126, 127) and \
+        ("executable file not found" in res.stderr or res.stderr.lstrip().startswith("Error:"))
+    ours = res.returncode == 125 and ("seccomp_exec:" in res.stderr or "[vc2 sandbox]" in res.stderr)
+    if engine or ours or res.returncode in (126, 127) and "failed to execute" in res.stderr:
         return res, Outcome("infra_error", f"{trim(res.stderr, 500)}\n(the sandbox user cannot run the "
                             f"tool in mode {mode!r}; use bwrap/unshare or make it readable)")
     return res, None
 
 
 def crop(png, margin=20):
-    """Cut the page down to its ink plus a margin (an article page is mostly white paper)."""
+    """Cut the page down to its ink plus a margin (an article page is mostly white paper).
+    images.UnusableImage if the page cannot be decoded."""
     from PIL import Image, ImageChops
-    img = Image.open(png).convert("RGB")
+    img = images.open_rgb(png)
+    if img is None:
+        return
     box = ImageChops.difference(img, Image.new("RGB", img.size, (255, 255, 255))).point(lambda v: 255 if v > 24 else 0).getbbox()
     if box:
         l, t, r, b = box
         img.crop((max(l - margin, 0), max(t - margin, 0), min(r + margin, img.width), min(b + margin, img.height))).save(png)
+
+
+def png_size(path):
+    """(width, height) from an image file's header, without decoding it; (0, 0) if unreadable."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:
+        return 0, 0
 
 
 def tool_version(argv, pattern=r"(\d+\.\d+[\w.]*)"):

@@ -12,9 +12,10 @@ no lualatex (not installed), no shell escape.
 """
 import re
 
+from vc2.eval import images
 from vc2.eval.executors.common import Outcome, crop, execute, tool_version, trim
 
-TOOLS = ["pdflatex", "xelatex", "pdftoppm"]
+TOOLS = ["pdflatex", "xelatex", "pdftoppm", "pdfinfo"]
 MODULES = []
 TIMEOUT_S = 120.0
 XETEX = re.compile(r"\\usepackage(\[[^\]]*\])?\{[^}]*\b(fontspec|xeCJK|ctex|polyglossia|unicode-math)\b|\\setmainfont|\\documentclass(\[[^\]]*\])?\{ctex")
@@ -24,8 +25,14 @@ SYNTAX = re.compile(r"Undefined control sequence|Missing [\$\{\}] inserted|Extra
                     r"Misplaced alignment tab|Missing \\endcsname|Use of \S+ doesn't match its definition|"
                     r"Can be used only in preamble|Too many \}'s|Bad math environment delimiter")
 # compile, then rasterise page 1; fixed script, the document is only ever a file
+# A page that would exceed MAX_RENDER_PIXELS at 150 dpi (a 2.5 m TikZ poster) is scaled down by pdftoppm
+# itself (-scale-to: the long side in pixels), so an honest large figure passes and the host never
+# decodes a bomb; pdfinfo gives the page size in points.
 SCRIPT = ('"$0" -interaction=nonstopmode -halt-on-error -no-shell-escape -file-line-error doc.tex >/dev/null 2>&1; '
-          'cat doc.log; [ -f doc.pdf ] && pdftoppm -png -r 150 -f 1 -l 1 -singlefile doc.pdf page')
+          'cat doc.log; [ -f doc.pdf ] && pdftoppm -png -r 150 $(pdfinfo doc.pdf 2>/dev/null | awk -v lim="$1" '
+          "'/^Page size:/ {w = $3 * 150 / 72; h = $5 * 150 / 72; "
+          "if (w * h > lim) printf \"-scale-to %d\", (w > h ? w : h) * sqrt(lim / (w * h))}') "
+          '-f 1 -l 1 -singlefile doc.pdf page')
 
 
 def tex_errors(log):
@@ -45,7 +52,8 @@ def tex_errors(log):
 def render(code, workdir, mode, timeout_s):
     (workdir / "doc.tex").write_text(code, encoding="utf-8")
     compiler = "xelatex" if XETEX.search(code) else "pdflatex"
-    res, out = execute(["/bin/sh", "-c", SCRIPT, compiler], workdir, mode, timeout_s, mem_mb=4096)
+    res, out = execute(["/bin/sh", "-c", SCRIPT, compiler, str(images.MAX_RENDER_PIXELS)], workdir, mode,
+                       timeout_s, mem_mb=4096)
     if out:
         return out
     log = res.stdout

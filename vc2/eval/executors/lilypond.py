@@ -12,13 +12,15 @@ same log, exit code and byte-identical PNG.
 import re
 
 from vc2.eval.warm import WarmJob
-from vc2.eval.executors.common import Outcome, crop, execute, tool_version, trim
+from vc2.eval import images
+from vc2.eval.executors.common import Outcome, crop, execute, png_size, tool_version, trim
 
 TOOLS = ["lilypond"]
 MODULES = []
 TIMEOUT_S = 120.0
 WARM = True
-OPTIONS = ("--png", "-dresolution=110", "-dno-point-and-click", "-dinclude-settings=_vc2_settings.ly", "-o", "score")
+RESOLUTION = 110
+OPTIONS = ("--png", f"-dresolution={RESOLUTION}", "-dno-point-and-click", "-dinclude-settings=_vc2_settings.ly", "-o", "score")
 SYNTAX = re.compile(r"syntax error|unknown escaped string|not a note name|unterminated|unexpected|"
                     r"unknown command|not a (duration|pitch)|end quote missing")
 
@@ -43,6 +45,18 @@ def render(code, workdir, mode, timeout_s, warm=None):
     pngs = sorted(workdir.glob("score*.png"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))  # page10 after page9
     if not pngs:
         return Outcome("no_image", trim(log) or "lilypond produced no PNG")
+    scale = min(images.render_scale(*png_size(p)) for p in pngs)
+    if scale < 1:  # a huge paper size: render again at a resolution that fits (cold; rare)
+        for p in pngs:
+            p.unlink()
+        options = tuple(f"-dresolution={max(1, int(RESOLUTION * scale))}" if o.startswith("-dresolution=") else o
+                        for o in OPTIONS)
+        res, out = execute(["lilypond", *options, "score.ly"], workdir, mode, timeout_s, mem_mb=4096)
+        if out:
+            return out
+        pngs = sorted(workdir.glob("score*.png"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+        if not pngs:
+            return Outcome("no_image", "lilypond produced no PNG at the reduced resolution")
     for p in pngs:
         crop(p)
     return Outcome("pass", image=pngs[0], detail={"images": [p.name for p in pngs]})

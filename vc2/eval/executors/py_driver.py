@@ -11,6 +11,8 @@ import os
 import sys
 import traceback
 
+MAX_RENDER_PIXELS = 36_000_000  # = vc2.eval.images.MAX_RENDER_PIXELS (drivers do not import vc2; a test checks)
+
 
 def main():
     src = open("plot.py", encoding="utf-8").read()
@@ -53,8 +55,11 @@ def main():
     import matplotlib.pyplot as plt
 
     for i, num in enumerate(plt.get_fignums()):
-        try:  # bbox "tight" like a notebook's inline backend
-            plt.figure(num).savefig(f"_vc2_fig{i}.png", dpi=100, bbox_inches="tight")
+        try:  # bbox "tight" like a notebook's inline backend; a huge figure is drawn at a lower dpi
+            fig = plt.figure(num)
+            w, h = fig.get_size_inches() * 100
+            dpi = 100 * min(1.0, (MAX_RENDER_PIXELS / max(w * h, 1)) ** 0.5)
+            fig.savefig(f"_vc2_fig{i}.png", dpi=dpi, bbox_inches="tight")
         except Exception as e:  # a broken figure is the code's error too
             traceback.print_exception(type(e), e, e.__traceback__)
             status = status or 1

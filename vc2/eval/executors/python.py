@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vc2.eval import images
 from vc2.eval.warm import WarmJob
 from vc2.eval.executors.common import driver_failure, HERE, Outcome, execute, module_version, trim
 
@@ -56,8 +57,10 @@ def render(code, workdir, mode, timeout_s, warm=None):
         return Outcome("no_image", "the code ran but left no open figure and saved no image", detail={"stderr": err})
     image = found[0]
     if image.suffix.lower() != ".png":  # a saved JPEG: the rest of the pipeline expects PNG
-        from PIL import Image
-        Image.open(image).convert("RGB").save(workdir / "_vc2_saved.png")
+        rgb = images.open_rgb(image)  # UnusableImage: executors.run makes it this task's no_image
+        if rgb is None:
+            return Outcome("blank_image", "the image is blank: fully transparent")
+        rgb.save(workdir / "_vc2_saved.png")
         image = workdir / "_vc2_saved.png"
     return Outcome("pass", image=image, detail={"images": [p.name for p in found]})
 

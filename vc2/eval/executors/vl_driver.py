@@ -6,11 +6,25 @@
 Exit codes: 0 rendered, 3 the spec is not valid JSON / not an object, 1 vl-convert refused it.
 data.csv: every `"url"` whose file name is data.csv is replaced by the CSV text inline (format csv,
 so types are inferred exactly as for a loaded file), layered and nested specs included.
-allowed_base_urls=[] makes any other URL an error instead of a silently empty chart.
+allowed_base_urls=[] makes any other http(s) URL an error instead of a silently empty chart; it does
+not cover file: URLs (data or image marks), so a spec that names one anywhere is refused here (exit 1),
+whether it would have read a file or drawn an empty chart.
 """
 import json
 import os
+import re
 import sys
+
+FILE_URL = re.compile(r"(?i)(?<![\w.-])file:")
+
+
+def file_urls(node):
+    """Every string of the spec that names a file: URL."""
+    if isinstance(node, dict):
+        return [u for k, v in node.items() for u in file_urls(k) + file_urls(v)]
+    if isinstance(node, list):
+        return [u for v in node for u in file_urls(v)]
+    return [node] if isinstance(node, str) and FILE_URL.search(node) else []
 
 
 def inline(node, csv):
@@ -33,6 +47,11 @@ def main():
     except (ValueError, AssertionError) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 3
+    named = file_urls(spec)
+    if named:
+        print(f"Error: file: URLs are not allowed (the data is data.csv or inline values): {named[0][:200]!r}",
+              file=sys.stderr)
+        return 1
     csv = open("data.csv", encoding="utf-8").read() if os.path.exists("data.csv") else None
     spec = inline(spec, csv)
     import vl_convert as vlc

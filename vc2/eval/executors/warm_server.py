@@ -4,14 +4,22 @@
 
 It pays a renderer's start-up once (matplotlib/pandas imports, V8, Chromium, LilyPond's Guile) and
 then answers one JSON line per task on stdin with one JSON line on stdout:
-    in:  {"dir": task dir, "out": file, "err": file, "env": {...}, "limits": {"cpu": s, "data": B,
-          "fsize": B}, "args": [...]}
-    out: {"rc": exit code, as the cold driver would have returned it}  or  {"rc": null, "error": why}
+    in:  {"nonce": N, "dir": task dir, "out": file, "err": file, "env": {...}, "limits": {"cpu": s,
+          "data": B, "fsize": B, "nofile": n}, "args": [...]}
+    out: {"nonce": N, "rc": exit code, as the cold driver would have returned it}
+         or {"nonce": N, "rc": null, "error": why}
 "rc": null means the warm engine itself failed; the host then kills this server and runs the task cold.
+The host accepts only an answer with the request's nonce.
 
 How each kind keeps tasks apart:
-- python: a fresh fork of a parent that never ran task code, with the task's env, rlimits, cwd and
-  fresh random seeds, running py_driver.main(). Same process model for lilypond (lily_server.scm).
+- python: each task is a fork of a parent that never ran task code, made *before* the request is
+  read (so it never holds the nonce), with every fd of the server closed. It enters a user and pid
+  namespace of its own (unshare(2); taskns() below): the server has no pid there, so the task cannot
+  signal it, and cannot trace it or open its /proc files either (the server is not dumpable; the
+  sandbox's seccomp filter refuses ptrace, process_vm_* and pidfd_getfd). Its first process is a
+  small init; the task proper runs under it with the task's env, rlimits, cwd, no capabilities and
+  fresh random seeds (py_driver.main()); when the init exits, the kernel kills whatever else the task
+  left in its namespace. lilypond: the same in lily_server.scm (Guile, through its C FFI).
 - vegalite: the specs run in this process's vl-convert; a spec is declarative JSON (no code, no
   network: allowed_base_urls=[]), so there is no task state to carry over.
 - browser: one kept Chromium. HTML pages take turns in one kept tab, each at an origin of its own
@@ -23,6 +31,7 @@ After a python or lilypond task, every process left in this pid namespace (daemo
 children) is killed and the writable tmpfs (/tmp, /var/tmp, /dev/shm, /run, /home, /root) emptied,
 before answering; the host empties the task dir. Only then does the next task start.
 """
+import ctypes
 import importlib.util
 import json
 import os
@@ -149,6 +158,116 @@ def redirected(out, err):
 # the kinds: start_<kind>() warms up once and returns (handle, spare): handle(request) -> exit code,
 # spare = pids of our own helpers that a sweep must not kill
 
+# ---------------------------------------------------------------------------------------------
+# a task in namespaces of its own (python here; lily_server.scm does the same in Scheme)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
+PR_SET_DUMPABLE = 4
+
+
+def not_dumpable():
+    """No process of our uid may trace us or open our /proc/<pid>/{mem,fd,environ}: a task runs as our uid."""
+    if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
+
+
+def drop_capabilities():
+    """A fresh user namespace gives its first process every capability in it: give them all up."""
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}, all zero
+    if _libc.capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def taskns():
+    """Enter a new user + pid namespace (our uid mapped to itself); the next fork is its pid 1.
+    Writing our own /proc/self maps needs us dumpable for a moment: nothing else of our uid runs now."""
+    uid, gid = os.getuid(), os.getgid()
+    _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWPID) != 0:
+        raise OSError(ctypes.get_errno(), f"unshare: {os.strerror(ctypes.get_errno())}")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    not_dumpable()  # the init inherits this: the task cannot touch it either
+
+
+class Prefork:
+    """A task process forked before its request exists: it waits on a pipe for the task (never the
+    nonce), then runs `body(task)` in namespaces of its own. run(task) -> the exit code, as waitpid
+    reports it for a cold process (negative: killed by that signal)."""
+
+    def __init__(self, body):
+        self.req_r, self.req_w = os.pipe()
+        self.st_r, self.st_w = os.pipe()  # the init's report: the task's wait status
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 70
+            try:
+                os.dup2(os.open("/dev/null", os.O_RDWR), 0)  # the server's request pipe: not ours to read
+                os.dup2(0, 1)                                # the host's answer channel: gone
+                keep = {2, self.req_r, self.st_w}
+                for fd in os.listdir("/proc/self/fd"):
+                    if int(fd) > 2 and int(fd) not in keep:
+                        try:
+                            os.close(int(fd))
+                        except OSError:
+                            pass
+                task = json.loads(_read_all(self.req_r))
+                taskns()
+                init = os.fork()
+                if init == 0:
+                    _init(body, task, self.st_w)
+                os._exit(os.waitstatus_to_exitcode(os.waitpid(init, 0)[1]) & 0xFF)
+            except BaseException:
+                traceback.print_exc()
+            os._exit(code)
+        os.close(self.req_r)
+        os.close(self.st_w)
+
+    def run(self, task):
+        with os.fdopen(self.req_w, "w") as f:
+            f.write(json.dumps(task))
+        _, st = os.waitpid(self.pid, 0)
+        report = _read_all(self.st_r)
+        if os.waitstatus_to_exitcode(st) != 0 or not report:
+            raise RuntimeError(f"the task's init failed (exit {os.waitstatus_to_exitcode(st)})")
+        return os.waitstatus_to_exitcode(int(report))
+
+    def discard(self):
+        os.close(self.req_w)
+        os.waitpid(self.pid, 0)
+
+
+def _read_all(fd):
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def _init(body, task, status_fd):
+    """pid 1 of the task's namespace: run the task as pid 2, reap orphans, report the task's status."""
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(status_fd)
+            drop_capabilities()
+            body(task)  # never returns
+        while True:
+            got, st = os.waitpid(-1, 0)
+            if got == pid:
+                os.write(status_fd, str(st).encode())
+                break
+    finally:
+        os._exit(0)  # the kernel now kills every other process of the namespace
+
+
 def start_python():
     import matplotlib
     matplotlib.use("Agg")
@@ -160,38 +279,45 @@ def start_python():
             pass
     driver = load("py_driver")
 
-    def handle(req):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the task: never returns
-            code = 70
+    def body(req):  # the task, in its own namespaces: never returns
+        code = 70
+        try:
+            os.chdir(req["dir"])
+            os.environ.clear()
+            os.environ.update(req["env"])
+            for name, value in req["limits"].items():
+                resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (value, value))
+            os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+            os.dup2(os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
+            os.dup2(os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+            os.closerange(3, 1 << 16)
+            _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # as a cold process (the server stays undumpable)
+            random.seed()  # a cold interpreter seeds from the OS; a fork would repeat the parent's state
+            if "numpy" in sys.modules:
+                sys.modules["numpy"].random.seed()
+            sys.argv = ["plot.py"]
+            code = driver.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
             try:
-                os.chdir(req["dir"])
-                os.environ.clear()
-                os.environ.update(req["env"])
-                for name, value in req["limits"].items():
-                    resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (value, value))
-                os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-                os.dup2(os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
-                os.dup2(os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
-                os.closerange(3, 1 << 16)  # our pipes to the host included
-                random.seed()  # a cold interpreter seeds from the OS; a fork would repeat the parent's state
-                if "numpy" in sys.modules:
-                    sys.modules["numpy"].random.seed()
-                sys.argv = ["plot.py"]
-                code = driver.main()
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
+                sys.stdout.flush()
+                sys.stderr.flush()
             finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
-        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                os._exit(code)
+
+    state = {}
+
+    def prepare():  # fork the next task's process now, while no request is in memory
+        state["next"] = Prefork(body)
+
+    def handle(req):
+        child = state.pop("next")
+        return child.run({k: req[k] for k in ("dir", "out", "err", "env", "limits")})
+
+    handle.prepare = prepare
     return handle, []
 
 
@@ -230,6 +356,7 @@ def start_browser():
 
 
 def start_lilypond():
+    # lily_server.scm makes itself undumpable and runs each score in namespaces of its own
     engine = subprocess.Popen(["lilypond", *sys.argv[2:], "-e", f'(load "{HERE / "lily_server.scm"}")', "_vc2_none.ly"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if engine.stdout.readline().strip() != "ready":
@@ -253,6 +380,7 @@ def main(kind):
     answer = os.fdopen(os.dup(1), "w")  # the host's channel; fd 1 itself goes to our log from here on
     os.dup2(2, 1)
     try:
+        not_dumpable()
         handle, spare = {"python": start_python, "vegalite": start_vegalite, "browser": start_browser,
                          "lilypond": start_lilypond}[kind]()
     except Exception:
@@ -261,7 +389,13 @@ def main(kind):
         return 1
     print(json.dumps({"ready": True}), file=answer, flush=True)
     isolate = kind in ("python", "lilypond")  # kinds whose task code runs in processes of their own
-    for line in sys.stdin:
+    prepare = getattr(handle, "prepare", None)
+    while True:
+        if prepare:
+            prepare()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
         req = json.loads(line)
         try:
             rc = handle(req)
@@ -270,10 +404,10 @@ def main(kind):
                 wipe()
         except Exception:
             traceback.print_exc()
-            print(json.dumps({"rc": None, "error": traceback.format_exc(limit=3)}), file=answer, flush=True)
+            print(json.dumps({"nonce": req.get("nonce"), "rc": None, "error": traceback.format_exc(limit=3)}),
+                  file=answer, flush=True)
             return 1
-        print(json.dumps({"rc": rc}), file=answer, flush=True)
-    return 0
+        print(json.dumps({"nonce": req.get("nonce"), "rc": rc}), file=answer, flush=True)
 
 
 if __name__ == "__main__":
