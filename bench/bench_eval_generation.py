@@ -100,28 +100,38 @@ def workloads(tok, per_lang, budget):
 
 
 def build(name, tmp):
-    """(vc2 model, HF model, real weights?) with identical fp32 weights."""
-    import transformers
+    """(checkpoint dir, real weights?): the embedded model, or random fp32 weights of a preset's shape."""
     if name == "smollm2-135m":
-        path, real = vc2.checkpoint.resolve_model_path(name), True
-    else:
-        torch.manual_seed(0)
-        hf_cfg = PRESETS[name].to_hf()
-        hf_cfg["torch_dtype"] = "float32"
-        hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_cfg))
-        path, real = f"{tmp}/{name}", False
-        hf.save_pretrained(path)
-        del hf
+        return vc2.checkpoint.resolve_model_path(name), True
+    import transformers
+    torch.manual_seed(0)
+    hf_cfg = PRESETS[name].to_hf()
+    hf_cfg["torch_dtype"] = "float32"
+    hf = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf_cfg))
+    hf.save_pretrained(f"{tmp}/{name}")
+    return f"{tmp}/{name}", False
+
+
+def hf_worker(conn, path):
+    """The transformers sides run in a process of their own, so that neither process holds both models
+    and every side's transient memory (peak RSS is reported per process)."""
+    import transformers
+    torch.set_num_threads(torch.get_num_threads())
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return vc2.load_model(path, dtype=torch.float32), hf, real
+    while (job := conn.recv()) is not None:
+        side, args = job
+        cpu = time.process_time()
+        outs, dt = run_hf(hf, *args) if side == "d" else run_hf_lookup(hf, *args)
+        conn.send((outs, dt, time.process_time() - cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
 
 
 def run_engine(model, work, budget, stop_ids, real, slots, **kw):
+    """-> (outputs, wall s, CPU s, engine)"""
     engine = Engine(model, slots=slots, **kw)
-    t = time.perf_counter()
+    cpu, t = time.process_time(), time.perf_counter()
     reqs = [engine.add_request(ids, budget if real else n, stop_ids=stop_ids) for ids, n in work]
     engine.run()
-    return [r.out for r in reqs], time.perf_counter() - t, engine
+    return [r.out for r in reqs], time.perf_counter() - t, time.process_time() - cpu, engine
 
 
 class StopAt:
@@ -189,20 +199,32 @@ def main():
 
     tok = vc2.load_tokenizer("smollm2-135m")  # the prompts of both models are SmolLM2 token ids
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, budget {args.budget}, slots {args.slots}")
+    import multiprocessing as mp
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            ours, hf, real = build(name, tmp)
+            path, real = build(name, tmp)
+            ours = vc2.load_model(path, dtype=torch.float32)
+            conn, child_conn = mp.get_context("spawn").Pipe()
+            child = mp.get_context("spawn").Process(target=hf_worker, args=(child_conn, path), daemon=True)
+            child.start()
+            hf_rss = [0.0]
+
+            def hf_side(side, *job):
+                conn.send((side, job))
+                outs, dt, cpu, rss = conn.recv()
+                hf_rss[0] = max(hf_rss[0], rss)
+                return outs, dt, cpu, None
             stop_ids = tok.eos_ids if real else []
             work = workloads(tok, args.tasks_per_lang, args.budget)
             print(f"\n== {name} ({'real weights, stops at eos' if real else 'random weights, per-prompt stop lengths'}): "
                   f"{len(work['round0'])} prompts per round, prompt tokens round 0 "
                   f"{sum(len(w[0]) for w in work['round0'])}, round 1 {sum(len(w[0]) for w in work['round1'])}")
             sides = {
-                "a": lambda w: run_engine(ours, w, args.budget, stop_ids, real, args.slots, schedule="static", lookup_tokens=0)[:2],
-                "b": lambda w: run_engine(ours, w, args.budget, stop_ids, real, args.slots, lookup_tokens=0)[:2],
+                "a": lambda w: run_engine(ours, w, args.budget, stop_ids, real, args.slots, schedule="static", lookup_tokens=0),
+                "b": lambda w: run_engine(ours, w, args.budget, stop_ids, real, args.slots, lookup_tokens=0),
                 "c": lambda w: run_engine(ours, w, args.budget, stop_ids, real, args.slots),
-                "d": lambda w: run_hf(hf, w, args.budget, stop_ids, real, args.slots, tok.pad_id),
-                "e": lambda w: run_hf_lookup(hf, w, args.budget, stop_ids, real, tok.pad_id),
+                "d": lambda w: hf_side("d", w, args.budget, stop_ids, real, args.slots, tok.pad_id),
+                "e": lambda w: hf_side("e", w, args.budget, stop_ids, real, tok.pad_id),
             }
             order = [s for s in SIDES if s in args.sides]
             times = {(s, r): [] for s in order for r in work}
@@ -212,19 +234,19 @@ def main():
                 rot = order[rep % len(order):] + order[:rep % len(order)]  # rotate: no side always runs first
                 for rnd in work:
                     for s in rot:
-                        cpu = time.process_time()
-                        res = sides[s](work[rnd])
-                        cpu = time.process_time() - cpu
-                        outs[(s, rnd)], dt = res[0], res[1]
+                        outs[(s, rnd)], dt, cpu, engine = sides[s](work[rnd])
                         if s == "c":
-                            stats[rnd] = dict(res[2].stats)
+                            stats[rnd] = dict(engine.stats)
                         times[(s, rnd)].append(dt)
                         cpus[(s, rnd)].append(cpu)
                         n = sum(map(len, outs[(s, rnd)]))
                         print(f"  repeat {rep} {rnd} ({s}) {dt:7.1f} s {n / dt:7.1f} tok/s, CPU {cpu:7.1f} s", flush=True)
             report(name, work, order, times, cpus, outs, stats, ours)
-            del ours, hf
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+            conn.send(None)
+            child.join()
+            print(f"peak RSS: vc2 process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB "
+                  f"(both models so far), transformers process {hf_rss[0]:.2f} GB")
+            del ours
 
 
 def divergence_gaps(model, work, outs, rnd):
