@@ -7,8 +7,13 @@
     python run_eval.py --out runs/eval-svg --resume        # continue a killed run; nothing is redone
     python run_eval.py --api-base http://127.0.0.1:8000/v1 --model NAME   # a served model (vLLM, SGLang, vc2.serve)
     python run_eval.py --model openai:gpt-4.1 --judge gpt-4.1              # OpenAI; key from $OPENAI_API_KEY
+    torchrun --nproc_per_node 8 run_eval.py --model Qwen2.5-Coder-7B-Instruct/   # data parallel: one model per GPU
 
 Writes OUT/results.jsonl (one row per attempt), OUT/summary.json, OUT/report.md, OUT/report.html.
+Under torchrun (one node or several) each rank loads its own copy of the model on its GPU and takes a
+share of the tasks; rank 0 gathers every rank's rows over torch.distributed and writes the outputs
+(no shared filesystem is needed; each rank also keeps OUT/results.rank<R>.jsonl for --resume, which
+works with any number of ranks).
 """
 import argparse
 import os
@@ -32,8 +37,12 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default=None, help="task .jsonl/.parquet file or directory (default: the bundled sample)")
     p.add_argument("--limit", type=int, default=0, help="only the first N tasks per language (default: all)")
     p.add_argument("--rounds", type=int, default=3, help="self-debug rounds after the first attempt (default: %(default)s, as in the paper)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel executions (default: cores = %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="tasks generated together in one batched decode (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel executions of this process (default: its share of the node's cores, i.e. cores / "
+                        "processes on the node = %d here)" % node_share())
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="rows the generation engine decodes at once (its slots): a finished row's slot takes the "
+                        "next task at once (default: %(default)s)")
     p.add_argument("--sandbox", default="auto", help="auto, docker, podman, bwrap, unshare or plain (default: %(default)s)")
     p.add_argument("--no-warm", action="store_true",
                    help="start a fresh renderer process for every execution instead of reusing warm servers "
@@ -76,7 +85,10 @@ def parse_args(argv=None):
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (1 = off)")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0 = off)")
     g.add_argument("--repetition-penalty", type=float, default=None, help="CTRL-style penalty (1 = off)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed; each (task, round) gets its own seed from it, so "
+                   "sampled answers do not depend on batch size or ranks (default: %(default)s)")
+    g.add_argument("--no-prompt-lookup", action="store_true",
+                   help="turn off prompt-lookup decoding of greedy rows (it is exact: the same tokens, fewer forwards)")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="model weights dtype (default: float32 on CPU, bfloat16 on CUDA)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -121,11 +133,39 @@ def generation_settings(args, model) -> dict:
             "note": note}
 
 
+def node_share():
+    """This process's share of the node's cores (torchrun runs LOCAL_WORLD_SIZE processes per node)."""
+    return max(1, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def init_distributed():
+    """Under torchrun: a gloo process group (it carries rows and images between ranks, never tensors on
+    the GPU) and this rank's GPU. Returns (rank, world size, local rank, processes on this node)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0, 1
+    import datetime
+    import torch
+    import torch.distributed as dist
+    # ranks finish their shares at different times; rank 0 then waits for the last one at the gather
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=72))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    return dist.get_rank(), world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world))
+
+
 def main(argv=None):
     p, args = parse_args(argv)
+    if os.environ.get("RANK", "0") != "0":
+        os.environ["TQDM_DISABLE"] = "1"  # one set of progress lines: rank 0's (read when tqdm is imported)
+    rank, world, local_rank, local_world = init_distributed()
     import torch
     import vc2
-    from vc2.eval import api, executors, runner, tasks as tasks_mod
+    from vc2.eval import api, executors, runner, sandbox, tasks as tasks_mod
+
+    workers = args.workers or node_share()
+    sandbox.set_node_tasks(workers * local_world)  # without a cgroup, RLIMIT_NPROC is shared by every rank's tasks
 
     # keys leave the environment before anything runs (sandboxed programs, warm servers); see api.take_secret
     secrets = {}
@@ -139,7 +179,6 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     if args.tasks:  # the task file holds the reference solutions: never visible to a sandboxed program
-        from vc2.eval import sandbox
         src = os.path.abspath(args.tasks)
         sandbox.hide(src if os.path.isdir(src) else os.path.dirname(src))
     if args.limit:
@@ -193,6 +232,8 @@ def main(argv=None):
                     "--top-k/--repetition-penalty apply to local models only")
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda" and world > 1:
+            device = f"cuda:{local_rank}"  # each rank its own GPU and its own copy of the model
         dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
         print(f"loading model {args.model} ({dtype}, {device})...", file=sys.stderr, flush=True)
         try:
@@ -201,7 +242,7 @@ def main(argv=None):
         except ValueError as e:
             p.error(str(e))
         generation = generation_settings(args, model)
-        source = runner.ModelAnswers(model, tok, generation, args.batch_size)
+        source = runner.ModelAnswers(model, tok, generation, args.batch_size, prompt_lookup=not args.no_prompt_lookup)
         source.name = args.model
         generation["stop_ids"] = tok.eos_ids
         name = os.path.basename(os.path.normpath(args.model))
@@ -218,22 +259,25 @@ def main(argv=None):
             p.error(str(e))
 
     mode = executors.describe_sandbox(args.sandbox)["sandbox"]
-    print(f"{len(tasks)} tasks ({', '.join(sorted({t.language for t in tasks}))}), answers: {source.name}, "
-          f"sandbox: {mode}, out: {out}", file=sys.stderr)
-    if generation:
+    if rank == 0:
+        print(f"{len(tasks)} tasks ({', '.join(sorted({t.language for t in tasks}))}), answers: {source.name}, "
+              f"sandbox: {mode}, out: {out}" + (f", {world} ranks" if world > 1 else ""), file=sys.stderr)
+    if generation and rank == 0:
         from vc2.eval.report import describe_generation
         print("generation: " + describe_generation(generation), file=sys.stderr)
     try:
-        summary = runner.evaluate(tasks, source, out, rounds=args.rounds, workers=args.workers, sandbox=args.sandbox,
+        summary = runner.evaluate(tasks, source, out, rounds=args.rounds, workers=workers, sandbox=args.sandbox,
                                   resume=args.resume, seed=args.seed, timeout_s=args.timeout, warm=not args.no_warm,
                                   generation=generation, force=args.force, judge=judge,
                                   judge_concurrency=args.judge_concurrency)
     except ValueError as e:
         p.error(str(e))
-    print(open(os.path.join(out, "report.md")).read())
-    if summary["overall"]["infra_errors"]:
-        print(f"WARNING: {summary['overall']['infra_errors']} task(s) hit infra errors and were not scored "
-              f"(see {out}/report.md)", file=sys.stderr)
+    if rank == 0:
+        print(open(os.path.join(out, "report.md")).read())
+    if summary["overall"]["infra_errors"]:  # every rank returns it (torchrun: one exit status)
+        if rank == 0:
+            print(f"WARNING: {summary['overall']['infra_errors']} task(s) hit infra errors and were not scored "
+                  f"(see {out}/report.md)", file=sys.stderr)
         return 3
     return 0
 

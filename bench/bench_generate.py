@@ -6,9 +6,11 @@ measured in the same run with the two interleaved (this machine's timings drift 
     python bench/bench_generate.py --models qwen2.5-coder-0.5b,qwen2.5-coder-1.5b --device cuda --dtypes bfloat16 --batch-sizes 1
 
 Prints time-to-first-token (prefill + one token) and decode tokens/s (tokens after the first, all rows,
-per second), the median of --repeats runs, and the vc2/HF ratio. On CUDA it also prints the
-memory-bandwidth floor: weight bytes / measured device copy bandwidth = the fastest one decode step
-can be at batch 1.
+per second), the median of --repeats runs, and the vc2/HF ratio. vc2 runs on its engine (vc2/engine.py)
+with prompt lookup off (plain decode). On CUDA it also prints decode tok/s with the CUDA graphs off,
+the attention kernel the engine chose, and the share of the memory-bandwidth floor: one decode step
+must read the weights and every row's KV cache, so (weight bytes + rows x cached tokens x KV bytes per
+token) / measured device copy bandwidth is the fastest a step can be.
 """
 import argparse
 import statistics
@@ -19,6 +21,7 @@ import torch
 
 import vc2
 from vc2.config import PRESETS
+from vc2.engine import Engine
 
 
 def build(name, dtype, device, tmp):
@@ -46,12 +49,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_ours(model, prompts, n, device):
+def time_ours(model, prompts, n, device, graphs=None):
+    engine = Engine(model, slots=len(prompts), max_len=len(prompts[0]) + n, lookup_tokens=0, cuda_graphs=graphs)
+    engine.generate(prompts, 2)  # capture this batch's CUDA graph (and warm the allocator) outside the timing
     sync(device)
     t = time.perf_counter()
-    vc2.generate(model, prompts, n, temperature=0.0, repetition_penalty=1.0, stop_ids=[])
+    engine.generate(prompts, n)
     sync(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, engine.describe()["attention"]
 
 
 def time_hf(model, prompts, n, device):
@@ -65,9 +70,13 @@ def time_hf(model, prompts, n, device):
     return time.perf_counter() - t
 
 
-def bandwidth_floor_ms(model, device):
-    """Weight bytes / device-to-device copy bandwidth: the floor of one batch-1 decode step."""
+def bandwidth_floor_ms(model, device, rows=1, cached=0):
+    """(Weight bytes + KV bytes read) / device-to-device copy bandwidth: the floor of one decode step."""
+    cfg = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv_bytes = rows * cached * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * \
+        next(model.parameters()).element_size()
+    weight_bytes += kv_bytes
     x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     y.copy_(x)
@@ -106,21 +115,29 @@ def main():
                     prompts = torch.randint(0, vocab, (B, args.prompt_len), generator=g).tolist()
                     n = args.new_tokens
                     # warm up both (allocator, first-call costs), then interleave timed runs
+                    cuda = args.device.startswith("cuda")
                     time_ours(ours, prompts, 2, args.device), time_hf(hf, prompts, 2, args.device)
-                    t = {"o1": [], "on": [], "h1": [], "hn": []}
+                    t = {"o1": [], "on": [], "h1": [], "hn": [], "g1": [], "gn": []}
                     for _ in range(args.repeats):
-                        t["o1"].append(time_ours(ours, prompts, 1, args.device))
+                        t["o1"].append(time_ours(ours, prompts, 1, args.device)[0])
                         t["h1"].append(time_hf(hf, prompts, 1, args.device))
-                        t["on"].append(time_ours(ours, prompts, n, args.device))
+                        t["on"].append(time_ours(ours, prompts, n, args.device)[0])
                         t["hn"].append(time_hf(hf, prompts, n, args.device))
-                    m = {k: statistics.median(v) for k, v in t.items()}
+                        if cuda:  # the same engine with the CUDA graphs off
+                            t["g1"].append(time_ours(ours, prompts, 1, args.device, graphs=False)[0])
+                            t["gn"].append(time_ours(ours, prompts, n, args.device, graphs=False)[0])
+                    m = {k: statistics.median(v) for k, v in t.items() if v}
                     ours_tps = B * (n - 1) / max(m["on"] - m["o1"], 1e-9)
                     hf_tps = B * (n - 1) / max(m["hn"] - m["h1"], 1e-9)
                     row = (f"{name:<20} {dtype_name:<9} {B:>2} | {m['o1'] * 1e3:>11.1f} {m['h1'] * 1e3:>8.1f} | "
                            f"{ours_tps:>16.1f} {hf_tps:>8.1f} {ours_tps / hf_tps:>5.2f}x")
-                    if args.device == "cuda" and B == 1:
-                        floor_ms, gbps = bandwidth_floor_ms(ours, args.device)
-                        row += f"  floor {1e3 / floor_ms:.0f} tok/s ({gbps:.0f} GB/s)"
+                    if cuda:
+                        eager_tps = B * (n - 1) / max(m["gn"] - m["g1"], 1e-9)
+                        floor_ms, gbps = bandwidth_floor_ms(ours, args.device, B, args.prompt_len + n // 2)
+                        reader = time_ours(ours, prompts, 1, args.device)[1]
+                        row += (f"  graphs off {eager_tps:.1f} tok/s ({ours_tps / eager_tps:.2f}x on/off), "
+                                f"floor {B * 1e3 / floor_ms:.0f} tok/s ({gbps:.0f} GB/s): "
+                                f"{ours_tps / (B * 1e3 / floor_ms):.0%} of it, attention {reader}")
                     rows.append(row)
                     print(row, flush=True)
                 del ours, hf

@@ -1,5 +1,5 @@
-"""The KV-cache sampler: token-identical to transformers' greedy generate(), batch == one by one,
-seeds, stop ids, vocabulary padding, streaming, and the cache itself.
+"""vc2.generate(): token-identical to transformers' greedy generate(), batch == one by one, seeds, stop
+ids, vocabulary padding, streaming, sampling settings. (The engine under it: tests/test_engine.py.)
 
     python -m pytest tests/test_sample.py
 """
@@ -9,7 +9,7 @@ import torch
 import vc2
 from vc2.config import PRESETS
 from vc2.model import Transformer
-from vc2.sample import KVCache, generate, process_logits
+from vc2.sample import generate, process_logits
 from conftest import make_hf_model
 
 PROMPTS = [[5, 9, 13, 200, 7], [11], [3, 3, 8, 100, 250, 17, 42, 42, 9, 1, 60], [77, 78]]
@@ -82,43 +82,6 @@ def test_streaming_callback_sees_every_token_in_order(model):
     out = generate(model, PROMPTS, 12, stop_ids=[], temperature=0.0,
                    callback=lambda row, tok: seen.setdefault(row, []).append(tok))
     assert [seen[i] for i in range(len(PROMPTS))] == out
-
-
-def test_cached_logits_equal_full_forward_every_step(model):
-    """Prefill + one-token steps through KVCache give the logits of a full forward at every position."""
-    cfg = model.config
-    seq = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        full = model(seq)
-        cache = KVCache(cfg.num_hidden_layers, 2, 20, cfg.num_key_value_heads, cfg.head_dim, torch.float32, "cpu")
-        mask = torch.ones(8, 8, dtype=torch.bool).tril()[None, None].expand(2, 1, 8, 8)
-        torch.testing.assert_close(model(seq[:, :8], kv_cache=cache, attn_mask=mask), full[:, :8], atol=1e-5, rtol=1e-5)
-        cache.advance(8)
-        for t in range(8, 20):
-            step_mask = torch.ones(2, 1, 1, t + 1, dtype=torch.bool)
-            step = model(seq[:, t:t + 1], kv_cache=cache, attn_mask=step_mask)
-            cache.advance(1)
-            torch.testing.assert_close(step[:, 0], full[:, t], atol=1e-5, rtol=1e-5)
-
-
-def test_kv_cache_update_keep_rows_and_overflow():
-    cache = KVCache(n_layers=2, batch=3, max_len=5, n_kv_head=2, head_dim=4, dtype=torch.float32, device="cpu")
-    k = torch.randn(3, 2, 2, 4)  # (B, T, K, hd)
-    v = torch.randn(3, 2, 2, 4)
-    k_all, v_all = cache.update(1, k, v)
-    assert k_all.shape == (3, 2, 2, 4) and torch.equal(k_all, k) and torch.equal(v_all, v)
-    cache.advance(2)
-    k2 = torch.randn(3, 1, 2, 4)
-    k_all, _ = cache.update(1, k2, k2)
-    assert torch.equal(k_all[:, :2], k) and torch.equal(k_all[:, 2:], k2)
-    assert cache.k[0].abs().sum() == 0  # other layers untouched
-    cache.advance(1)
-    cache.keep_rows(torch.tensor([0, 2]))
-    k_all, _ = cache.update(1, torch.zeros(2, 1, 2, 4), torch.zeros(2, 1, 2, 4))
-    assert torch.equal(k_all[:, :2], k[[0, 2]])
-    cache.advance(1)
-    with pytest.raises(AssertionError, match="overflow"):
-        cache.update(0, torch.zeros(2, 2, 2, 4), torch.zeros(2, 2, 2, 4))
 
 
 def test_top_k_top_p_and_repetition_penalty():

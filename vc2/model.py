@@ -139,7 +139,8 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
     Three situations:
       * plain batch (no cu_seqlens, no mask): causal over each row.
       * packed row (B=1, cu_seqlens): causal inside each document, nothing across documents.
-      * explicit boolean attn_mask (B, 1, T, S), True = may attend: the KV-cache / left-padding path.
+      * explicit boolean attn_mask (B, 1, T, S), True = may attend (e.g. a left-padded batch);
+        the KV-cache path does not come here: the cache attends itself (vc2/engine.py).
     `backend` for packed rows: "auto" picks flash-attn varlen, then torch varlen, on CUDA in half precision
     (see half_dtype, packed_backend); otherwise "sdpa_loop" (one SDPA call per document). On the 2-core CPU
     (bench/bench_attention.py, 2048 tokens, 5 documents) the loop is ~2x faster than one SDPA call with an
@@ -151,8 +152,7 @@ def attention(q, k, v, cu_seqlens=None, max_seqlen=None, attn_mask=None, backend
     B, T, H, hd = q.shape
     K = k.shape[2]
     if attn_mask is not None or cu_seqlens is None:
-        # SDPA wants (B, n, T, hd). With T == 1 against a longer cache, is_causal would align the mask
-        # top-left (attend to key 0 only), so the cache path always passes an explicit mask.
+        # SDPA wants (B, n, T, hd)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=attn_mask is None,
                                            enable_gqa=H != K)
@@ -213,9 +213,10 @@ class Attention(nn.Module):
         qk = apply_rope(qk.view(B, T, H + K, hd), cos, sin)  # q and k side by side: one rotation for both
         q, k = qk.split([H, K], dim=2)                       # (B, T, H, hd), (B, T, K, hd)
         v = v.view(B, T, K, hd)                               # (B, T, K, hd)
-        if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, S, K, hd): everything cached so far
-        y = attention(q, k, v, cu_seqlens, max_seqlen, attn_mask, self.backend)  # (B, T, H, hd)
+        if kv_cache is not None:  # the cache stores k/v and attends over each row's cache (vc2/engine.py)
+            y = kv_cache.attend(self.layer_idx, q, k, v)  # (B, T, H, hd)
+        else:
+            y = attention(q, k, v, cu_seqlens, max_seqlen, attn_mask, self.backend)  # (B, T, H, hd)
         return self.o(y.reshape(B, T, H * hd))
 
 
@@ -284,16 +285,17 @@ class Transformer(nn.Module):
         target of position t) it returns instead the *summed* cross-entropy, computed `loss_chunk` tokens
         at a time so the (tokens x vocab) fp32 logits never exist all at once (see chunked_cross_entropy).
 
-        position_ids (B, T): defaults to 0..T-1 (offset by the cache fill when a kv_cache is given).
+        position_ids (B, T): defaults to 0..T-1 (required with a kv_cache).
         cu_seqlens (n_docs+1,) int32 with B == 1: a packed row; position_ids must restart at 0 per document.
         max_seqlen: its longest document as a host int (vc2.data gives it; computed here when missing).
-        kv_cache: an object with .update(layer_idx, k, v) -> (k_all, v_all) and .pos (see vc2/sample.py);
-        attn_mask (B, 1, T, S) bool goes with it.
+        kv_cache: an object with .attend(layer_idx, q, k, v) -> attention output, which writes the new
+        keys/values into the cache and attends over what each row has cached (vc2/engine.py); it needs
+        position_ids. attn_mask (B, 1, T, S) bool: an explicit mask for a plain batch.
         """
         B, T = input_ids.shape
         if position_ids is None:
-            start = kv_cache.pos if kv_cache is not None else 0
-            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            assert kv_cache is None, "a kv_cache forward needs position_ids (each row's cache position)"
+            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         if cu_seqlens is not None and max_seqlen is None:  # one device->host read per forward, not per layer
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         x = self.embed(input_ids)  # (B, T, D)

@@ -1,4 +1,4 @@
-"""A small KV-cache sampler: batched ragged prompts, one prefill, then one-token decode steps.
+"""Sampling settings and `generate()`: a batch of prompts in, one list of new token ids per prompt out.
 
     import vc2
     model, tok = vc2.load_model(path), vc2.load_tokenizer(path)
@@ -6,62 +6,47 @@
     [answer] = vc2.generate(model, [ids], max_new_tokens=256, seed=0)
     print(tok.decode(answer))
 
-Design (choices and why):
-  * Ragged prompts are LEFT-padded to one length. Each row gets its own positions (0 at its first real
-    token), and a boolean mask hides the pad keys, so a short row computes exactly what it would alone.
-    Pad queries may attend to themselves only, which keeps their (never used) states finite.
-  * The cache is preallocated once for prompt + max_new_tokens (`KVCache`), written in place.
-  * When rows finish (stop token or budget), they are dropped from the batch and from the cache, so
-    finished rows stop costing work. (The compiled path keeps shapes static instead.)
-  * Sampling draws from a torch.Generator seeded by `seed`: the same seed gives the same tokens.
-  * Embedding rows past the tokenizer's real vocabulary (Qwen pads 151,665 -> 151,936) are masked
-    to -inf, so they are never sampled.
+`generate()` runs on the continuous-batching engine (vc2/engine.py) with one slot per prompt: ragged
+prompts need no padding (each row has its own cache length and positions), finished rows leave the batch,
+greedy rows use exact prompt-lookup decoding. This file holds what the engine samples with:
+  * Settings left as None come from the model's generation_config.json when it says do_sample, else
+    greedy (`sampling_settings`).
   * Logit processing follows the HF order: repetition penalty, temperature, top-k, top-p.
-  * compile=True (CUDA only) wraps the decode step in torch.compile(mode="reduce-overhead"), i.e. CUDA
-    graphs; shapes are then static (the whole cache is attended, with a mask) and no row is dropped.
+  * Embedding rows past the tokenizer's real vocabulary (Qwen pads 151,665 -> 151,936) are masked to
+    -inf, so they are never sampled.
+  * Each prompt samples from its own torch.Generator, seeded from (seed, prompt index) by `derive_seed`:
+    the same seed gives the same tokens, whatever else is in the batch.
 """
+import hashlib
+
 import torch
 
 # Values used when neither the caller nor the model's generation_config.json says otherwise: greedy.
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
 
 
-class KVCache:
-    """Preallocated keys/values for every layer: (layers, B, K, S_max, hd), filled left to right.
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts (e.g. run seed, task key, round): stable across runs and machines."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
-    `update` is called by each attention layer with the new (B, T, K, hd) keys/values and returns all
-    keys/values so far as (B, S, K, hd) views; `advance(T)` is called once per forward, after all layers.
-    """
 
-    def __init__(self, n_layers, batch, max_len, n_kv_head, head_dim, dtype, device, static=False):
-        shape = (n_layers, batch, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.pos = 0          # tokens cached so far (same for every row: rows are left-padded)
-        self.static = static  # compiled decode: always return the whole buffer (static shapes)
-        self.write_pos = None  # static mode: (T,) long tensor of positions to write
+def sampling_settings(model, temperature=None, top_p=None, top_k=None, repetition_penalty=None):
+    """Fill unset settings from the model's generation_config.json (when do_sample) or greedy; validate."""
+    gen_cfg = getattr(model, "generation_config", None) or {}
+    defaults = {k: gen_cfg.get(k, v) for k, v in GREEDY.items()} if gen_cfg.get("do_sample") else dict(GREEDY)
+    out = dict(temperature=defaults["temperature"] if temperature is None else temperature,
+               top_p=defaults["top_p"] if top_p is None else top_p,
+               top_k=(defaults["top_k"] or 0) if top_k is None else top_k,
+               repetition_penalty=gen_cfg.get("repetition_penalty", 1.0) if repetition_penalty is None else repetition_penalty)
+    if out["temperature"] < 0 or not 0 < out["top_p"] <= 1 or out["top_k"] < 0 or out["repetition_penalty"] <= 0:
+        raise ValueError("bad sampling settings: " + " ".join(f"{k}={v}" for k, v in out.items()))
+    return out
 
-    def update(self, layer, k, v):
-        T = k.shape[1]
-        if self.static:
-            self.k[layer].index_copy_(2, self.write_pos, k.transpose(1, 2))
-            self.v[layer].index_copy_(2, self.write_pos, v.transpose(1, 2))
-            return self.k[layer].transpose(1, 2), self.v[layer].transpose(1, 2)
-        assert self.pos + T <= self.max_len, f"KV cache overflow: {self.pos} + {T} > {self.max_len}"
-        self.k[layer, :, :, self.pos:self.pos + T] = k.transpose(1, 2)
-        self.v[layer, :, :, self.pos:self.pos + T] = v.transpose(1, 2)
-        end = self.pos + T
-        # (B, K, S, hd) slices of contiguous rows, seen as (B, S, K, hd); attention transposes back for SDPA
-        return self.k[layer, :, :, :end].transpose(1, 2), self.v[layer, :, :, :end].transpose(1, 2)
 
-    def advance(self, T: int):
-        self.pos += T
-
-    def keep_rows(self, rows):
-        """Drop finished rows: keep batch indices `rows` (a long tensor)."""
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+def default_stop_ids(model):
+    gen_cfg = getattr(model, "generation_config", None) or {}
+    eos = gen_cfg.get("eos_token_id", model.config.eos_token_id)
+    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 def process_logits(logits, seen, temperature, top_p, top_k, repetition_penalty, vocab_size):
@@ -92,7 +77,6 @@ def pick_tokens(logits, temperature, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
 def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k=None, repetition_penalty=None,
              stop_ids=None, seed=None, vocab_size=None, callback=None, compile=False, on_done=None):
     """Generate continuations of a batch of prompts (lists of token ids, any lengths).
@@ -102,125 +86,31 @@ def generate(model, prompts, max_new_tokens, temperature=None, top_p=None, top_k
     None come from the model's generation_config.json (when it has do_sample true), else greedy;
     stop_ids None -> the config's eos ids. vocab_size: real tokenizer size (defaults to
     model.n_real_tokens when the checkpoint had a tokenizer). callback(row_index, token_id) is called
-    for every token as it is produced (streaming); rows are indices into `prompts`. on_done(row_index, reason)
+    for every token, in order per row (streaming); rows are indices into `prompts`. on_done(row_index, reason)
     is called once per row when it ends, reason "eos" (a stop id) or "budget" (its max_new_tokens).
+    compile=True (CUDA only) also torch.compiles the CUDA-graph decode step. For many prompts, online
+    requests or a fixed number of slots, use vc2.engine.Engine directly.
     """
+    from vc2.engine import Engine
+
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts) or min(budgets) < 1:
         raise ValueError(f"max_new_tokens must be >= 1 (one int, or one per prompt), got {max_new_tokens}")
-    max_new_tokens = max(budgets)
-    cfg = model.config
-    gen_cfg = getattr(model, "generation_config", None) or {}
-    defaults = {k: gen_cfg.get(k, v) for k, v in GREEDY.items()} if gen_cfg.get("do_sample") else dict(GREEDY)
-    defaults.setdefault("top_k", 0)
-    temperature = defaults["temperature"] if temperature is None else temperature
-    top_p = defaults["top_p"] if top_p is None else top_p
-    top_k = (defaults["top_k"] or 0) if top_k is None else top_k
-    repetition_penalty = gen_cfg.get("repetition_penalty", 1.0) if repetition_penalty is None else repetition_penalty
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
-        raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k} "
-                         f"repetition_penalty={repetition_penalty}")
-    if stop_ids is None:
-        eos = gen_cfg.get("eos_token_id", cfg.eos_token_id)
-        stop_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    vocab_size = vocab_size or getattr(model, "n_real_tokens", None)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
-    if compile and device.type != "cuda":
+    settings = sampling_settings(model, temperature, top_p, top_k, repetition_penalty)
+    stop_ids = default_stop_ids(model) if stop_ids is None else list(stop_ids)
+    if compile and next(model.parameters()).device.type != "cuda":
         raise ValueError("compile=True needs CUDA (CUDA graphs); on CPU the eager decode is used")
-
-    # --- left-pad the prompts; per-row positions and key-validity mask
-    B, L = len(prompts), max(len(p) for p in prompts)
-    S_max = L + max_new_tokens
-    ids = torch.full((B, L), 0, dtype=torch.long)
-    valid = torch.zeros((B, S_max), dtype=torch.bool)  # which cache slots hold real tokens
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-        valid[i, L - len(p):] = True  # generated slots become real as they are written
-    ids, valid = ids.to(device), valid.to(device)
-    pad = (L - torch.tensor([len(p) for p in prompts], device=device))  # (B,)
-    positions = (torch.arange(L, device=device)[None, :] - pad[:, None]).clamp(min=0)  # (B, L)
-    seen = torch.zeros((B, cfg.vocab_size), dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):  # tokens of the prompt count for the repetition penalty (pads do not)
-        seen[i, torch.tensor(p, device=device)] = True
-
-    cache = KVCache(cfg.num_hidden_layers, B, S_max, cfg.num_key_value_heads, cfg.head_dim, dtype, device,
-                    static=compile)
-
-    # --- prefill: causal over the prompt, pad keys hidden, pad queries see only themselves
-    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
-    mask = (causal[None] & valid[:, None, :L]) | torch.eye(L, dtype=torch.bool, device=device)[None]
-    if compile:
-        cache.write_pos = torch.arange(L, device=device)
-        full = torch.zeros(B, L, S_max, dtype=torch.bool, device=device)
-        full[:, :, :L] = mask
-        mask = full
-    hidden = model(ids, position_ids=positions, kv_cache=cache, attn_mask=mask[:, None], return_hidden=True)
-    logits = model.lm_head(hidden[:, -1]).float()  # only the last position's logits: (B, V), not (B, L, V)
-    cache.advance(L)
-    next_pos = positions[:, -1] + 1  # (B,)
-
-    decode = _decode_step
-    # On CPU, oneDNN's bf16 GEMM costs ~25 us per call whatever the size, and PyTorch's native kernel
-    # is faster for one-row (batch 1) decode GEMMs: measured 1.3x decode tok/s on the SmolLM2 shape,
-    # but 3-6x slower for prefill and batch-8 decode, so only single-row bf16 decode steps use it.
-    native_gemv = device.type == "cpu" and dtype == torch.bfloat16
-    if compile:
-        decode = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True)
-
-    # --- decode loop
-    out = [[] for _ in range(B)]
-    ended = set()  # rows whose end was reported (the static path keeps decoding them)
-    rows = torch.arange(B, device=device)  # original index of each live row
-    done = torch.zeros(B, dtype=torch.bool, device=device)  # only used by the static (compiled) path
-    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
-    budget = torch.tensor(budgets, device=device)  # (B,) per-row budgets, dropped with their rows
-    for step in range(max_new_tokens):
-        logits = process_logits(logits, seen, temperature, top_p, top_k, repetition_penalty, vocab_size)
-        tok = pick_tokens(logits, temperature, generator)  # (B_live,)
-        at_stop = torch.isin(tok, stop)
-        finished = at_stop | done | (budget <= step + 1)  # a row's last budgeted token ends it
-        for r, t, s_, f in zip(rows.tolist(), tok.tolist(), at_stop.tolist(), finished.tolist()):
-            if r in ended:
-                continue
-            if not s_:
-                out[r].append(t)
-                if callback is not None:
-                    callback(r, t)
-            if f:
-                ended.add(r)
-                if on_done is not None:
-                    on_done(r, "eos" if s_ else "budget")
-        if step == max_new_tokens - 1 or finished.all():
-            break
-        if compile:
-            done = finished  # static shapes: finished rows keep decoding, their tokens are ignored
-        elif finished.any():  # drop finished rows from every tensor and the cache
-            keep = (~finished).nonzero().squeeze(-1)
-            rows, tok, next_pos, seen, valid, done, budget = (
-                t[keep] for t in (rows, tok, next_pos, seen, valid, done, budget))
-            cache.keep_rows(keep)
-        if repetition_penalty != 1.0:
-            seen[torch.arange(len(tok), device=device), tok] = True
-        valid[:, cache.pos] = True
-        if compile:
-            cache.write_pos = torch.tensor([cache.pos], device=device)
-            step_mask = valid[:, None, None, :]  # (B, 1, 1, S_max): the whole static buffer
-        else:
-            step_mask = valid[:, None, None, :cache.pos + 1]  # (B, 1, 1, S)
-        if native_gemv and len(tok) == 1:
-            with torch.backends.mkldnn.flags(enabled=False):
-                logits = decode(model, tok[:, None], next_pos[:, None], cache, step_mask)
-        else:
-            logits = decode(model, tok[:, None], next_pos[:, None], cache, step_mask)
-        cache.advance(1)
-        next_pos = next_pos + 1
-    return out
-
-
-def _decode_step(model, tok, pos, cache, mask):
-    return model(tok, position_ids=pos, kv_cache=cache, attn_mask=mask)[:, -1].float()
+    seed = torch.seed() if seed is None else seed
+    # no context cap here (as before the engine): each row may use its whole budget
+    engine = Engine(model, slots=len(prompts), max_len=max(len(p) + b for p, b in zip(prompts, budgets)),
+                    vocab_size=vocab_size, compile=compile)
+    reqs = []
+    for i, (p, budget) in enumerate(zip(prompts, budgets)):
+        on_token = None if callback is None else (lambda r, toks, i=i: [callback(i, t) for t in toks])
+        finished = None if on_done is None else (lambda r, i=i: on_done(i, r.finish_reason))
+        reqs.append(engine.add_request(p, budget, stop_ids=stop_ids, seed=derive_seed(seed, i), on_token=on_token,
+                                       on_done=finished, **settings))
+    engine.run()
+    return [r.out for r in reqs]

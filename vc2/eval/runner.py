@@ -16,12 +16,17 @@ appends the judged row; a later row for the same attempt supersedes the earlier 
 
 Every attempt is appended to OUT/results.jsonl as soon as it has run, so a killed run continues with
 --resume and redoes nothing already recorded: the conversation of a task is rebuilt from its rows.
-Generation is batched across tasks (--batch-size) and executions run in a thread pool (--workers)
-while the next batch is being generated; the executors start their own sandboxed processes, so
-threads are enough here. Renders go to warm servers (vc2/eval/warm.py) unless warm=False, and the
-tasks of a round are interleaved by language, so that parallel workers mostly need different servers.
+A model's round goes to the continuous-batching engine (vc2/engine.py) whole: --batch-size rows
+decode at once, a finished row's slot takes the next waiting task, and each answer is executed in a
+thread pool (--workers) as soon as it ends, while the others keep decoding; the executors start their
+own sandboxed processes, so threads are enough here. (The next round starts when the last execution
+of this one is back; its prompts need those outcomes.) Other answer sources answer in batches
+(--batch-size). Renders go to warm servers (vc2/eval/warm.py) unless warm=False, and the tasks of a
+round are interleaved by language, so that parallel workers mostly need different servers. Under
+torchrun the tasks are split over ranks (see `evaluate`).
 """
 import json
+import os
 import shutil
 import threading
 import time
@@ -38,6 +43,7 @@ from vc2.eval.api import InfraFailure
 from vc2.eval.executors.status import Status
 from vc2.eval.report import write_reports
 from vc2.eval.warm import WarmPool
+from vc2.sample import derive_seed
 
 INFRA = Status.INFRA_ERROR
 
@@ -109,45 +115,65 @@ class GenerationProgress:
 
 
 class ModelAnswers:
-    """Batched chat generation with a vc2 model: __call__(list of message lists) -> list of Answers.
+    """Chat generation with a vc2 model on the continuous-batching engine (vc2/engine.py).
 
-    `settings` are the resolved generation settings (run_eval.py: the benchmark's protocol by default):
-    temperature, top_p, top_k, repetition_penalty, max_new_tokens. Each row's budget is capped so that
-    prompt + answer never exceeds the model's context (max_position_embeddings).
+    The runner submits a whole round (`submit` per conversation, then `run`); each answer is handed to
+    `on_answer` as soon as it ends, while the other rows keep decoding. __call__ answers one batch (the
+    interface the other answer sources share). `settings` are the resolved generation settings
+    (run_eval.py: the benchmark's protocol by default): temperature, top_p, top_k, repetition_penalty,
+    max_new_tokens. Each row's budget is capped so that prompt + answer never exceeds the model's
+    context (max_position_embeddings): such a row ends with stop reason "context".
+    batch_size: the engine's slots (rows decoding at once). prompt_lookup: exact prompt-lookup decoding
+    for greedy rows (same tokens, fewer forwards; bench/RESULTS.md).
     """
 
-    def __init__(self, model, tokenizer, settings: dict, batch_size):
+    def __init__(self, model, tokenizer, settings: dict, batch_size, prompt_lookup=True, **engine_options):
+        from vc2.engine import Engine
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         self.settings = {k: settings[k] for k in PROTOCOL_SAMPLING}
         self.max_new_tokens = settings["max_new_tokens"]
         self.context = model.config.max_position_embeddings
+        self.prompt_lookup = prompt_lookup
+        self.engine = Engine(model, slots=batch_size, max_len=self.context, **engine_options)
         self.name = str(getattr(model, "source_dir", "model"))
 
-    def __call__(self, conversations, seed, progress=None):
-        import vc2
-        ids = [self.tok.render_chat(c, add_generation_prompt=True)[0] for c in conversations]
-        room = [self.context - len(x) for x in ids]
-        answers = [None] * len(ids)
-        for i, r in enumerate(room):  # the prompt alone fills the context: nothing can be generated
-            if r < 1:
-                answers[i] = Answer("", "context", len(ids[i]), 0)
-        live = [i for i in range(len(ids)) if answers[i] is None]
-        if live:
-            budgets = [min(self.max_new_tokens, room[i]) for i in live]
-            stops = {}
+    def submit(self, conversation, seed, row=0, progress=None, on_answer=None):
+        """Queue one conversation; on_answer(Answer, seconds in a slot) is called when it ends."""
+        ids = self.tok.render_chat(conversation, add_generation_prompt=True)[0]
+        started = {}
+
+        def on_start(r):
+            started["t"] = time.perf_counter()
             if progress:
-                for j in range(len(live)):
-                    progress.start(j)
-            out = vc2.generate(self.model, [ids[i] for i in live], budgets, seed=seed, stop_ids=self.tok.eos_ids,
-                               callback=(lambda j, _t: progress.token(j)) if progress else None,
-                               on_done=lambda j, why: (stops.__setitem__(j, why), progress and progress.done(j)),
-                               **self.settings)
-            for j, i in enumerate(live):
-                why = stops.get(j, "budget")
-                if why == "budget" and budgets[j] < self.max_new_tokens:
-                    why = "context"
-                answers[i] = Answer(self.tok.decode(out[j], skip_special_tokens=True), why, len(ids[i]), len(out[j]))
-        return answers
+                progress.start(row)
+
+        def on_token(r, toks):
+            if progress:
+                for _ in toks:
+                    progress.token(row)
+
+        def on_done(r):
+            if progress and started:
+                progress.done(row)
+            if on_answer:
+                secs = time.perf_counter() - started["t"] if started else 0.0
+                on_answer(self.answer(r), secs)
+
+        return self.engine.add_request(ids, self.max_new_tokens, stop_ids=self.tok.eos_ids, seed=seed,
+                                       prompt_lookup=self.prompt_lookup, on_start=on_start, on_token=on_token,
+                                       on_done=on_done, **self.settings)
+
+    def answer(self, req):
+        return Answer(self.tok.decode(req.out, skip_special_tokens=True), req.finish_reason, len(req.prompt),
+                      len(req.out))
+
+    def run(self):
+        self.engine.run()
+
+    def __call__(self, conversations, seed, progress=None):
+        reqs = [self.submit(c, derive_seed(seed, j), j, progress) for j, c in enumerate(conversations)]
+        self.run()
+        return [self.answer(r) for r in reqs]
 
 
 class FixedAnswers:
@@ -293,23 +319,49 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
 
     generation: the generation settings in force (recorded in run.json, summary.json and report.md, and
     checked on --resume; --force resumes despite a difference).
-    judge: a vc2.eval.judge.Judge; every passing attempt is judged, judge_concurrency at a time."""
+    judge: a vc2.eval.judge.Judge; every passing attempt is judged, judge_concurrency at a time.
+    A model source with an engine (`submit`) gets each round whole; sampled answers are seeded per
+    (task, round), so they do not depend on the batch or the rank.
+
+    Data parallel: when torch.distributed is initialised (run_eval.py under torchrun), each rank takes
+    every world-th task of the interleaved list, generates and executes it, and appends to its own
+    OUT/results.rank<R>.jsonl; at the end rank 0 gathers the new rows and their images over
+    torch.distributed (no shared filesystem needed), writes OUT/results.jsonl, judges, and writes the
+    summary and the reports. On --resume every rank reads all results*.jsonl files it has and the ranks
+    exchange them, so a run continues with any number of ranks."""
     out_dir = Path(out_dir)
-    results_path = out_dir / "results.jsonl"
-    if results_path.exists() and not resume:
-        raise ValueError(f"{results_path} exists: pass --resume to continue that run, or choose another --out")
+    rank, world = _rank_world()
+    earlier = sorted(out_dir.glob("results*.jsonl"))
     identity = run_identity(source, generation, rounds)
-    check_resume(out_dir / "run.json", identity, force)
+    problem = None
+    if earlier and not resume:
+        problem = f"{earlier[0]} exists: pass --resume to continue that run, or choose another --out"
+    else:
+        try:
+            check_resume(out_dir / "run.json", identity, force)
+        except ValueError as e:
+            problem = str(e)
+    problem = next((p for p in _all_gather(problem, world) if p), None)  # every rank stops, or none
+    if problem:
+        raise ValueError(problem)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "run.json").write_text(json.dumps(identity, indent=2))
-    done = read_results(results_path)
-    if done:
-        print(f"resuming: {len(done)} attempts already in {results_path}")
-        retry = [k for k, row in done.items() if row["outcome"] == INFRA]
-        if retry:  # infra errors are not the model's answer: ask and run those attempts again
+    local = {}
+    for path in earlier:
+        local.update(read_results(path))
+    done = dict(local)
+    for part in _all_gather(local, world) if world > 1 else []:
+        done.update(part)
+    mine = tasks if world == 1 else interleave(tasks)[rank::world]
+    results_path = out_dir / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
+    if done and rank == 0:
+        print(f"resuming: {len(done)} attempts already in {out_dir}")
+    retry = [k for k, row in done.items() if row["outcome"] == INFRA]
+    if retry:  # infra errors are not the model's answer: ask and run those attempts again
+        if rank == 0:
             print(f"resuming: retrying {len(retry)} attempt(s) that ended in an infra error")
-            for k in retry:
-                del done[k]
+        for k in retry:
+            del done[k]
     stale = sb.clean_stale()  # left by killed runs; live runs' and ranks' dirs are not touched
     if stale:
         print(f"removed {stale} temporary dir(s) of killed vc2 runs")
@@ -330,12 +382,14 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
         if warm_pool and warm_pool.why_cold:
             print(f"warm workers off: {warm_pool.why_cold}")
     results_file = open(results_path, "a")
+    new_rows = []
 
     def record(row):
         with lock:
             results_file.write(json.dumps(row) + "\n")
             results_file.flush()
             done[(row["key"], row["round"])] = row
+            new_rows.append(row)
         return row
 
     def run_one(task, rnd, answer: Answer, gen_s):
@@ -384,7 +438,7 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
             for rnd in range(rounds + 1):
                 # tasks that need an attempt this round: never tried (round 0), or whose last attempt failed
                 todo = []
-                for task in interleave(tasks):
+                for task in interleave(mine):
                     key = task_key(task)
                     if (key, rnd) in done:
                         continue
@@ -404,24 +458,35 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 gen_bar = None if fixed else GenerationProgress(f"round {rnd} generate", getattr(source, "max_new_tokens", 0))
                 if gen_bar:
                     gen_bar.wait(len(todo))
-                for start in range(0, len(todo), source.batch_size):
-                    batch = todo[start:start + source.batch_size]
-                    t0 = time.perf_counter()
-                    if fixed:
-                        answers = [source.answer(task_key(t)) for t in batch]
-                    else:
-                        convs = [conversation_of(t, {r: done[(task_key(t), r)] for r in range(rnd)}) for t in batch]
-                        answers = source(convs, seed=seed + rnd * 100003 + start,
-                                         progress=_Offset(gen_bar, start))
-                    gen_s = (time.perf_counter() - t0) / len(batch)
-                    for task, answer in zip(batch, answers):
-                        if answer is None:
-                            raise ValueError(f"no answer for task {task_key(task)} in {source.name}")
-                        if not isinstance(answer, (Answer, InfraFailure)):
-                            answer = Answer(answer)
-                        f = pool.submit(run_one, task, rnd, answer, gen_s)
-                        f.add_done_callback(lambda _: bar.update(1))
-                        futures.append(f)
+
+                def execute(task, answer, gen_s):
+                    if answer is None:
+                        raise ValueError(f"no answer for task {task_key(task)} in {source.name}")
+                    if not isinstance(answer, (Answer, InfraFailure)):
+                        answer = Answer(answer)
+                    f = pool.submit(run_one, task, rnd, answer, gen_s)
+                    f.add_done_callback(lambda _: bar.update(1))
+                    futures.append(f)
+
+                if hasattr(source, "submit"):  # the engine takes the whole round; answers run as they end
+                    for i, task in enumerate(todo):
+                        conv = conversation_of(task, {r: done[(task_key(task), r)] for r in range(rnd)})
+                        source.submit(conv, seed=derive_seed(seed, task_key(task), rnd), row=i, progress=gen_bar,
+                                      on_answer=lambda answer, secs, task=task: execute(task, answer, secs))
+                    source.run()
+                else:
+                    for start in range(0, len(todo), source.batch_size):
+                        batch = todo[start:start + source.batch_size]
+                        t0 = time.perf_counter()
+                        if fixed:
+                            answers = [source.answer(task_key(t)) for t in batch]
+                        else:
+                            convs = [conversation_of(t, {r: done[(task_key(t), r)] for r in range(rnd)}) for t in batch]
+                            answers = source(convs, seed=seed + rnd * 100003 + start,
+                                             progress=_Offset(gen_bar, start))
+                        gen_s = (time.perf_counter() - t0) / len(batch)
+                        for task, answer in zip(batch, answers):
+                            execute(task, answer, gen_s)
                 if gen_bar:
                     gen_bar.close()
                 pending = sum(not f.done() for f in futures)
@@ -430,23 +495,88 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
                 for f in futures:
                     f.result()  # re-raise any bug in the worker
                 bar.close()
-        if judge is not None:
+        if world > 1:  # rank 0 collects every rank's new rows and the images of the rows it has
+            mine_rows = list(local.values()) + new_rows
+            images = {r["image"]: (out_dir / r["image"]).read_bytes() for r in mine_rows
+                      if r.get("image") and (out_dir / r["image"]).is_file()}
+            parts = _gather((new_rows, images), world)  # every rank takes part; only rank 0 receives
+            for rows, imgs in parts or []:
+                for row in rows:
+                    done[(row["key"], row["round"])] = row
+                for rel, data in imgs.items():
+                    if not (out_dir / rel).is_file():
+                        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (out_dir / rel).write_bytes(data)
+        if rank == 0 and (world > 1 or any(p.name != "results.jsonl" for p in earlier)):
+            results_file.close()  # rank files: one merged results.jsonl, which the judge's rows then extend
+            write_merged_results(out_dir / "results.jsonl", done, tasks)
+            results_file = open(out_dir / "results.jsonl", "a")
+        if judge is not None and rank == 0:
             judge_all(judge, tasks, done, out_dir, record, judge_concurrency)
     finally:
         results_file.close()
         if warm_pool:
             warm_pool.close()
-    environment = executors.describe_sandbox(sandbox)  # the sandbox mode and every renderer's version
     if warm_pool and warm_pool.stats["failed"]:
         print(f"warm workers: {len(warm_pool.stats['failed'])} server failure(s), those tasks ran cold; first: "
               f"{warm_pool.stats['failed'][0][:300]}")
-    return write_reports(tasks, read_results(results_path), out_dir, rounds, meta={
-        "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
-        "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off",
-        "fidelity": "vc2.eval.fidelity" if score_images else "off (scikit-image/ImageHash missing)",
-        "judge": None if judge is None else {"model": judge.name, "base_url": judge.client.base_url,
-                                             "stats": dict(judge.client.stats)},
-        "api": dict(source.client.stats) if hasattr(source, "client") else None})
+    summary = None
+    if rank == 0:
+        environment = executors.describe_sandbox(sandbox)  # the sandbox mode and every renderer's version
+        summary = write_reports(tasks, read_results(out_dir / "results.jsonl"), out_dir, rounds, meta={
+            "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
+            "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off",
+            "fidelity": "vc2.eval.fidelity" if score_images else "off (scikit-image/ImageHash missing)",
+            "judge": None if judge is None else {"model": judge.name, "base_url": judge.client.base_url,
+                                                 "stats": dict(judge.client.stats)},
+            "api": dict(source.client.stats) if hasattr(source, "client") else None, "ranks": world})
+    return _broadcast(summary, world)
+
+
+def write_merged_results(path: Path, rows: dict, tasks):
+    """All attempts, ordered by round then task, written atomically (the rank files stay for --resume)."""
+    order = {task_key(t): i for i, t in enumerate(interleave(tasks))}
+    ordered = sorted(rows.values(), key=lambda r: (r["round"], order.get(r["key"], len(order)), r["key"]))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in ordered))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# data parallel: object collectives over the default process group (run_eval.py makes it gloo)
+
+def _rank_world():
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(obj, world):
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _gather(obj, world):
+    """The objects of every rank, on rank 0 (None elsewhere)."""
+    import torch.distributed as dist
+    rank = dist.get_rank()
+    out = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def _broadcast(obj, world):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def judge_all(judge, tasks, done, out_dir, record, concurrency):
