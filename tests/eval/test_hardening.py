@@ -527,6 +527,26 @@ def test_a_killed_runs_leftovers_are_cleaned_and_a_live_runs_are_not(tmp_path):
         sandbox.clean_stale()
 
 
+def test_threads_of_a_fresh_process_take_the_owner_lock_without_deadlock():
+    """The first private dirs of a process are often made by several worker threads at once; each
+    must get one (flock belongs to an open file, so a second open of the lock file would wait forever)."""
+    code = textwrap.dedent("""
+        import threading
+        from vc2.eval import sandbox
+        barrier, made = threading.Barrier(8), []
+        def make():
+            barrier.wait()
+            made.append(sandbox.private_dir("t"))
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(len(set(made)))
+        [d.rmdir() for d in made]
+    """)
+    p = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert p.returncode == 0 and p.stdout.strip() == "8", p.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. a container image without the renderer: infra error, not the model's failure
 

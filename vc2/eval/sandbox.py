@@ -47,6 +47,8 @@ Covered / not covered, per mode (tests/eval/test_sandbox.py and test_hardening.p
   memory total and process count of the tree (cgroup):           every mode as root where cgroups can be
                                                                  made; else per-process rlimits only,
                                                                  and RLIMIT_NPROC is shared per uid
+                                                                 (set_node_tasks: n tasks at once on the
+                                                                 machine get n x nproc between them)
   kernel keyring, ptrace and friends (seccomp):                  every mode (containers: the engine's
                                                                  default profile less DENIED_SYSCALLS)
   unbounded stdout/stderr:                                       every mode
@@ -152,13 +154,25 @@ def environment(workdir, token, extra=None):
     return env
 
 
+NODE_TASKS = 1  # sandboxed tasks that may run at once on this machine (see set_node_tasks)
+
+
+def set_node_tasks(n):
+    """How many tasks run at once on this machine (every worker of every rank; run_eval.py sets it).
+    Without a cgroup the binding process limit is RLIMIT_NPROC, which counts all the uid's processes:
+    it is then n x a task's nproc, so a task's allowance does not shrink because other workers or ranks
+    run beside it (a fork bomb can still borrow their share: only the cgroup is per task)."""
+    global NODE_TASKS
+    NODE_TASKS = max(1, int(n))
+
+
 def _rlimits(limits: Limits, cgroup):
     cpu = int(2 * limits.timeout_s + 10) if limits.timeout_s else None  # CPU s of one process; the wall limit rules
     # With a cgroup, pids.max bounds the tree; RLIMIT_NPROC counts every process of the uid machine-wide
     # (all tasks together, user namespaces included), so as the binding limit it would let one task's
     # fork bomb make its neighbours fail.
     hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    nproc = (None if hard == resource.RLIM_INFINITY else hard) if cgroup else limits.nproc
+    nproc = (None if hard == resource.RLIM_INFINITY else hard) if cgroup else limits.nproc * NODE_TASKS
     return {"cpu": cpu, "data": limits.mem_mb << 20, "fsize": limits.fsize_mb << 20, "nofile": limits.nofile,
             "nproc": nproc, "core": 0}
 
@@ -181,15 +195,19 @@ def _drop(user):
 # for its whole life, so a later run cleans up after a killed one without touching a live one's.
 
 _owner_lock = None
+_owner_mutex = threading.Lock()
 
 
 def _own():
-    """Take this process's owner lock (once); its fd closes at exec, and the kernel drops it at death."""
+    """Take this process's owner lock (once); its fd closes at exec, and the kernel drops it at death.
+    The mutex matters: flock belongs to an open file, so a second thread opening the file again would
+    wait forever on the lock the first thread's fd holds."""
     global _owner_lock
-    if _owner_lock is None or _owner_lock[0] != os.getpid():  # a forked child is an owner of its own
-        fd = os.open(f"/tmp/vc2-owner-{os.getpid()}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _owner_lock = (os.getpid(), fd)
+    with _owner_mutex:
+        if _owner_lock is None or _owner_lock[0] != os.getpid():  # a forked child is an owner of its own
+            fd = os.open(f"/tmp/vc2-owner-{os.getpid()}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _owner_lock = (os.getpid(), fd)
     return os.getpid()
 
 
