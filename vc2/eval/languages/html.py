@@ -54,6 +54,6 @@ LANGUAGE = Language(
     looks_complete=lambda c: re.search(r"<(!doctype|html|body|div|svg|canvas|script|table)\b", c, re.I) is not None,
     repair=repair, render=render, version=version, timeout_s=90.0, warm=True,
     tools=("chromium",), modules=("playwright",), image="web",
-    apt=("chromium", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk", "fonts-noto-color-emoji"),
+    apt=("chromium", "libatomic1", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk", "fonts-noto-color-emoji"),
     pip=("playwright",),
 )

@@ -54,5 +54,5 @@ LANGUAGE = Language(
     draws=r"\.(png|svg|ppm|pgm|pbm|pnm|bmp|jpe?g|gif)\b|<svg\b|\bcanvas\b",
     missing_dependency=r"Cannot find (?:module|package) '([^']+)'",
     render=render, version=version, timeout_s=60.0,
-    tools=("node", "rsvg-convert"), image="web", apt=("nodejs", "librsvg2-bin", "fonts-dejavu-core", "fonts-liberation"),
+    tools=("node", "rsvg-convert"), image="native", apt=("nodejs", "librsvg2-bin", "fonts-dejavu-core", "fonts-liberation"),
 )

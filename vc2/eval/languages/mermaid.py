@@ -42,5 +42,5 @@ LANGUAGE = Language(
     looks_complete=lambda c: START.search(c) is not None,
     repair=repair, render=render, version=version, timeout_s=90.0, warm=True,
     tools=("chromium",), modules=("playwright",), image="web",
-    apt=("chromium", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk"), pip=("playwright",),
+    apt=("chromium", "libatomic1", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk"), pip=("playwright",),
 )

@@ -93,7 +93,7 @@ LANGUAGE = Language(
     render=render, version=version, timeout_s=60.0, warm=True,
     modules=("matplotlib",),  # the others are optional: importing a missing one is the code's error
     image="python",
-    apt=("chromium", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk", "libegl1", "libgl1-mesa-dri"),
+    apt=("chromium", "libatomic1", "fonts-dejavu-core", "fonts-liberation", "fonts-noto-cjk", "libegl1", "libgl1-mesa-dri"),
     pip=("matplotlib", "seaborn", "pandas", "plotly", "kaleido", "bokeh", "altair", "vl-convert-python", "chartify",
-         "holoviews", "pyvista", "vtk", "pyecharts"),
+         "holoviews", "pyvista", "vtk", "pyecharts", "playwright"),  # playwright: py_show's page screenshots
 )

@@ -51,6 +51,6 @@ LANGUAGE = Language(
     draws=r"\.(png|svg|ppm|pgm|pbm|pnm|bmp|jpe?g|gif)\b|<svg\b|\bcanvas\b",
     missing_dependency=r"Cannot find (?:module|package) '([^']+)'",
     render=render, version=version, timeout_s=90.0,
-    tools=("node", TSC, "rsvg-convert"), image="web",
+    tools=("node", TSC, "rsvg-convert"), image="native",
     apt=("nodejs", "npm", "librsvg2-bin", "fonts-dejavu-core", "fonts-liberation"), npm=("typescript", "@types/node"),
 )
