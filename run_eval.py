@@ -43,7 +43,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8,
                    help="rows the generation engine decodes at once (its slots): a finished row's slot takes the "
                         "next task at once (default: %(default)s)")
-    p.add_argument("--sandbox", default="auto", help="auto, docker, podman, bwrap, unshare or plain (default: %(default)s)")
+    p.add_argument("--sandbox", default="auto", choices=("auto", "container", "podman", "docker", "bwrap", "unshare", "plain"),
+                   help="where programs run. auto: each language in its family's container image when an engine "
+                        "(podman, docker) and that image are present (sandbox_images/build.sh), else bwrap, unshare, "
+                        "plain, the first that works; container: podman or docker, an error if a language's image is "
+                        "missing. The report says which mode each language ran in (default: %(default)s)")
     p.add_argument("--no-warm", action="store_true",
                    help="start a fresh renderer process for every execution instead of reusing warm servers "
                         "(Python, Vega-Lite, LilyPond, HTML, Mermaid; vc2/eval/warm.py); same verdicts, slower")
@@ -162,7 +166,7 @@ def main(argv=None):
     rank, world, local_rank, local_world = init_distributed()
     import torch
     import vc2
-    from vc2.eval import api, executors, runner, sandbox, tasks as tasks_mod
+    from vc2.eval import api, executors, languages, runner, sandbox, tasks as tasks_mod
 
     workers = args.workers or node_share()
     sandbox.set_node_tasks(workers * local_world)  # without a cgroup, RLIMIT_NPROC is shared by every rank's tasks
@@ -258,7 +262,16 @@ def main(argv=None):
         except ValueError as e:
             p.error(str(e))
 
-    mode = executors.describe_sandbox(args.sandbox)["sandbox"]
+    langs = sorted({t.language for t in tasks})
+    if args.sandbox != "auto":  # an explicit mode must work for every language before anything is generated
+        try:
+            for name in langs:
+                executors.choose_sandbox(args.sandbox, languages.get(name))
+        except ValueError as e:
+            p.error(str(e))
+    by_lang = executors.sandbox_by_language(args.sandbox, langs)
+    mode = next(iter(by_lang.values())) if len(set(by_lang.values())) == 1 else \
+        "; ".join(f"{k}: {v}" for k, v in by_lang.items())
     if rank == 0:
         print(f"{len(tasks)} tasks ({', '.join(sorted({t.language for t in tasks}))}), answers: {source.name}, "
               f"sandbox: {mode}, out: {out}" + (f", {world} ranks" if world > 1 else ""), file=sys.stderr)

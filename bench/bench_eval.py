@@ -53,7 +53,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lang", nargs="+", default=list(BENCHMARK), help="languages (default: the benchmark's eight)")
     p.add_argument("--workers", type=int, default=2, help="parallel executions for vc2's side (default: %(default)s)")
-    p.add_argument("--sandbox", default="auto", help="sandbox mode for both sides (default: %(default)s)")
+    p.add_argument("--sandbox", default="bwrap", help="sandbox mode for both sides (default: %(default)s, the mode its RESULTS figures were measured in; auto would pick containers where the images are built)")
     p.add_argument("--no-warm", action="store_true", help="vc2's side without warm workers (fresh process per task)")
     args = p.parse_args()
     tasks = [t for t in load_tasks(None, args.lang) if t.reference_code]

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 import run_eval
-from vc2.eval import executors, runner, sandbox
+from vc2.eval import containers, executors, runner, sandbox
 from vc2.eval.tasks import Task, load_tasks
 from vc2.eval.warm import WarmPool
 
@@ -35,6 +35,9 @@ PODMAN = ["podman"] if shutil.which("podman") and subprocess.run(
     ["podman", "image", "exists", TEST_IMAGE], capture_output=True).returncode == 0 else []
 NS = [m for m in ("bwrap", "unshare") if sandbox.probe(m)[0]]
 COLD = NS + PODMAN + ["plain"]  # modes for sandbox.run-level programs
+# "container": the renderers' own family images (sandbox_images/build.sh; install_host.sh builds them all)
+FAMILIES = ["container"] if PODMAN and all(containers.present("podman", containers.tag(f)) for f in containers.FAMILIES) else []
+RENDER = ["bwrap"] + FAMILIES  # modes for the renderer classes (executors.run, cold)
 REFS = {t.id: t for t in load_tasks(None, ["python", "lilypond"])}
 PKG = Path(executors.__file__).resolve().parents[2]  # the installed vc2 package
 ANSWER_KEY = PKG / "eval" / "assets" / "tasks"      # our reference solutions and their images
@@ -53,6 +56,8 @@ def test_the_matrix_is_complete_here():
     """Say so loudly rather than test fewer modes in silence."""
     assert NS == ["bwrap", "unshare"], [sandbox.probe(m) for m in ("bwrap", "unshare")]
     assert PODMAN or not shutil.which("podman"), f"podman is installed but {TEST_IMAGE} is missing"
+    assert FAMILIES or not PODMAN, "podman is installed but the family images are not all built: " \
+                                   "bash sandbox_images/build.sh --base localhost/vc2-base:bookworm"
     assert ROOT, "the uid drop, tmpfs work dirs and cgroups are only made as root: run the tests as root"
     assert sandbox.describe()["cgroups"] in ("v1", "v2")
 
@@ -63,10 +68,13 @@ def pixels(path):
 
 def run_py(prog, tmp_path, mode, timeout_s=60, **kw):
     """A Python program through sandbox.run; in plain mode Debian's python3 (the sandbox user cannot
-    reach a venv whose interpreter lives under /root there)."""
+    reach a venv whose interpreter lives under /root there); "container": podman with the python image."""
     d = tmp_path / f"w{time.monotonic_ns()}"
     d.mkdir()
     py = "/usr/bin/python3" if mode == "plain" else PY
+    if mode == "container":
+        with sandbox.use_image(containers.tag("python")):
+            return sandbox.run([py, "-c", textwrap.dedent(prog)], d, timeout_s=timeout_s, mode="podman", **kw)
     return sandbox.run([py, "-c", textwrap.dedent(prog)], d, timeout_s=timeout_s, mode=mode, **kw)
 
 
@@ -197,18 +205,20 @@ def test_lilypond_score_cannot_forge_its_servers_answers(tmp_path, mode):
 # ---------------------------------------------------------------------------------------------
 # 2. an output the host cannot decode, or an honest huge one, must not crash the run
 
-def test_undecodable_saved_image_is_the_tasks_failure(tmp_path):
+@pytest.mark.parametrize("mode", RENDER)
+def test_undecodable_saved_image_is_the_tasks_failure(tmp_path, mode):
     code = "open('chart.jpg', 'wb').write(b'\\xff\\xd8 this is not a JPEG' * 100)\n"
-    out = executors.run("python", code, tmp_path / "a", sandbox="bwrap")
+    out = executors.run("python", code, tmp_path / "a", sandbox=mode)
     assert out.status == "no_image" and "cannot be used" in out.error, (out.status, out.error)
 
 
 @pytest.mark.slow
-def test_a_huge_tikz_poster_passes_at_a_capped_size(tmp_path):
+@pytest.mark.parametrize("mode", RENDER)
+def test_a_huge_tikz_poster_passes_at_a_capped_size(tmp_path, mode):
     poster = ("\\documentclass[tikz]{standalone}\\begin{document}\\begin{tikzpicture}"
               "\\draw[fill=teal] (0,0) rectangle (250cm,250cm); \\node[scale=80] at (125cm,125cm) {poster};"
               "\\end{tikzpicture}\\end{document}\n")
-    out = executors.run("latex", poster, tmp_path / "a", sandbox="bwrap")
+    out = executors.run("latex", poster, tmp_path / "a", sandbox=mode)
     assert out.status == "pass", out.error
     w, h = Image.open(out.image).size
     assert w * h <= executors.images.MAX_RENDER_PIXELS and w > 3000  # scaled down, not cut to a corner
@@ -340,12 +350,13 @@ def test_the_answer_key_is_not_visible_to_warm_tasks(tmp_path, mode):
     assert "SEEN []" in out.error, out.error
 
 
-def test_vegalite_cannot_embed_the_reference_through_a_file_url(tmp_path):
+@pytest.mark.parametrize("mode", RENDER)
+def test_vegalite_cannot_embed_the_reference_through_a_file_url(tmp_path, mode):
     ref = ANSWER_KEY / "images" / "vegalite" / "vegalite_1.png"
     for spec in ({"data": {"values": [{"u": f"file://{ref}"}]}, "mark": {"type": "image", "width": 80, "height": 80},
                   "encoding": {"url": {"field": "u"}}},
                  {"data": {"url": f"file://{ref.parent.parent.parent}/vegalite.jsonl"}, "mark": "point"}):
-        out = executors.run("vegalite", json.dumps(spec), tmp_path / f"v{len(str(spec))}", sandbox="bwrap")
+        out = executors.run("vegalite", json.dumps(spec), tmp_path / f"v{len(str(spec))}", sandbox=mode)
         assert out.status == "runtime_error" and "file: URLs are not allowed" in out.error, (out.status, out.error)
 
 
@@ -369,7 +380,7 @@ time.sleep(12)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", NS)
+@pytest.mark.parametrize("mode", NS + FAMILIES)
 def test_a_fork_bomb_does_not_starve_a_task_beside_it(tmp_path, mode):
     bomb = threading.Thread(target=run_py, args=(BOMB, tmp_path, mode), kwargs={"timeout_s": 20})
     bomb.start()
@@ -379,7 +390,7 @@ def test_a_fork_bomb_does_not_starve_a_task_beside_it(tmp_path, mode):
         cold = executors.run("lilypond", music, tmp_path / "cold", sandbox=mode)
         with WarmPool(mode) as pool:
             warm = executors.run("lilypond", music, tmp_path / "warm", sandbox=mode, warm=pool)
-            assert pool.stats["warm"] == 1, pool.stats
+            assert pool.stats["warm" if mode in NS else "cold"] == 1, pool.stats
         py = executors.run("python", REFS["python_1"].reference_code, tmp_path / "py",
                            data_csv=REFS["python_1"].data_csv, sandbox=mode)
     finally:
@@ -452,10 +463,11 @@ def test_no_message_through_the_kernel_keyring_warm(tmp_path, mode):
 # ---------------------------------------------------------------------------------------------
 # 7. the smaller ones: file: data in Vega-Lite, bad responses files, leftovers of a killed run
 
-def test_vegalite_file_data_is_an_error_not_an_empty_chart(tmp_path):
+@pytest.mark.parametrize("mode", RENDER)
+def test_vegalite_file_data_is_an_error_not_an_empty_chart(tmp_path, mode):
     spec = {"data": {"url": "file:///etc/hostname"}, "mark": "bar",
             "encoding": {"x": {"field": "a", "type": "nominal"}, "y": {"field": "b", "type": "quantitative"}}}
-    out = executors.run("vegalite", json.dumps(spec), tmp_path / "a", sandbox="bwrap")
+    out = executors.run("vegalite", json.dumps(spec), tmp_path / "a", sandbox=mode)
     assert out.status == "runtime_error", (out.status, out.error)
 
 

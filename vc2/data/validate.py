@@ -270,7 +270,9 @@ def main(argv=None):
     p.add_argument("--keep", nargs="+", default=["kept"], metavar="CLASS",
                    help=f"classes whose rows are written (default: kept); any of {', '.join(CLASSES)}")
     p.add_argument("--workers", type=int, default=None, help="programs run at once (default: the CPU count)")
-    p.add_argument("--sandbox", default="auto", help="auto, docker, podman, bwrap, unshare or plain (default: %(default)s)")
+    p.add_argument("--sandbox", default="auto", choices=("auto", "container", "podman", "docker", "bwrap", "unshare", "plain"),
+                   help="where rows run: auto = each language in its family image when built (sandbox_images/build.sh), "
+                        "else bwrap, unshare, plain (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per program (default: each language's limit)")
     p.add_argument("--no-warm", action="store_true", help="a fresh renderer process per program (same verdicts, slower)")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows (default: all)")

@@ -163,10 +163,18 @@ def describe_generation(g: dict | None) -> str:
     return text + (f"; note: {g['note']}" if g.get("note") else "")
 
 
+def _sandbox_text(meta):
+    """`bwrap`, or each language's mode and image when they differ (auto with some images built)."""
+    by_lang = meta.get("sandbox_by_language") or {}
+    if len(set(by_lang.values())) > 1:
+        return "; ".join(f"{k} `{v}`" for k, v in by_lang.items())
+    return f"`{next(iter(by_lang.values()), meta.get('sandbox'))}`"
+
+
 def markdown(summary: dict, rounds: int, meta: dict) -> str:
     heads = ["Language", "Tasks"] + ["Exec pass (init)"] + [f"+ self-debug r{r}" for r in range(1, rounds + 1)] + ["Infra errors"]
     lines = [f"# VisPlotBench-style execution pass rate", "",
-             f"Answers: `{meta.get('source')}`. Sandbox: `{meta.get('sandbox')}`.", "",
+             f"Answers: `{meta.get('source')}`. Sandbox: {_sandbox_text(meta)}.", "",
              f"Generation: {describe_generation(meta.get('generation'))}.", "",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
 
@@ -283,7 +291,7 @@ def html_report(summary, tasks, results: dict, out_dir: Path, rounds: int, meta:
     groups = list(summary["languages"].items()) + [("Overall (micro)", summary["overall"])]
     names = ["Exec pass (init)"] + [f"+ self-debug r{r}" for r in range(1, rounds + 1)]
     parts = [f"<h1>vc2 evaluation: {html.escape(str(meta.get('source')))}</h1>",
-             f"<p>Sandbox: <code>{html.escape(str(meta.get('sandbox')))}</code>. Generation: "
+             f"<p>Sandbox: {html.escape(_sandbox_text(meta))}. Generation: "
              f"{html.escape(describe_generation(meta.get('generation')))}.</p>",
              "<h2>Execution pass rate (%)</h2>",
              _html_table(["Language", "Tasks"] + names + ["Infra errors per round"],

@@ -522,9 +522,11 @@ def evaluate(tasks, source, out_dir, rounds=3, workers=2, sandbox="auto", resume
               f"{warm_pool.stats['failed'][0][:300]}")
     summary = None
     if rank == 0:
-        environment = executors.describe_sandbox(sandbox)  # the sandbox mode and every renderer's version
+        # the sandbox mode (per language: a container where its image is built) and every renderer's version
+        environment = executors.describe_sandbox(sandbox, sorted({t.language for t in tasks}))
         summary = write_reports(tasks, read_results(out_dir / "results.jsonl"), out_dir, rounds, meta={
             "source": source.name, "rounds": rounds, "generation": generation, "sandbox": environment.pop("sandbox"),
+            "sandbox_by_language": environment.pop("sandbox_by_language", None),
             "environment": environment, "warm_workers": warm_pool.stats if warm_pool else "off",
             "fidelity": "vc2.eval.fidelity" if score_images else "off (scikit-image/ImageHash missing)",
             "judge": None if judge is None else {"model": judge.name, "base_url": judge.client.base_url,

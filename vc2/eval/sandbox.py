@@ -25,12 +25,17 @@ A `Box` is one sandbox instance; `run` is a Box for one command. Every box, what
 - a scrubbed environment (HOME=workdir, one BLAS/OMP thread, MPLBACKEND=Agg, LANG=C.UTF-8);
 - an unprivileged user when started as root (`vc2sandbox` if install_host.sh made it, else `nobody`).
 
-Modes; "auto" takes the first whose probe (a tiny run through it) succeeds, in the order of MODES:
-- docker / podman: only when an engine answers *and* the image VC2_SANDBOX_IMAGE exists (never
-  pulled). `run --rm --network none --read-only --log-driver none`, the engine's own cgroup limits and
-  default seccomp profile, rlimits as --ulimit, no capabilities, no-new-privileges, the sandbox user's
-  uid; only the work dir and the executor drivers and vendored JS (read-only) are mounted. Tools are
-  checked inside the image (`missing_in_image`). ~0.3 s per run.
+Modes. "auto": a container for each language whose family image is built (executors.run, via
+containers.py), else the first host mode whose probe (a tiny run through it) succeeds, in this order:
+bwrap, unshare, plain. "container": podman, else docker.
+- docker / podman: only when an engine answers *and* the image exists (never pulled): the language's
+  family image (sandbox_images/build.sh builds them), or VC2_SANDBOX_IMAGE for every language.
+  `run --rm --network none --read-only --log-driver none`, the engine's own cgroup limits (memory,
+  pids) and default seccomp profile less DENIED_SYSCALLS, rlimits as --ulimit (CPU time among them),
+  no capabilities, no-new-privileges, the sandbox user's uid; only the work dir (its inputs are a
+  copy in the size-capped tmpfs, its outputs copied back) and the executor drivers and vendored JS
+  (read-only) are mounted. Tools are checked inside the image (`missing_in_image`). ~0.3 s per run.
+  Every task runs cold (warm servers need bwrap or unshare).
 - bwrap: run as root it is privileged (no user namespace) and drops to the sandbox user with setpriv
   *inside*, after building the view (as non-root, bwrap makes a user namespace and runs as you). New
   pid/net/ipc/uts namespaces; a minimal root: /usr, /etc, a few /var dirs TeX and fontconfig need,
@@ -58,6 +63,8 @@ started as a non-root user, no uid is dropped, no tmpfs is mounted and no cgroup
 Measured wall time of /bin/true per run on the 2-core dev box: plain 8 ms, bwrap 17 ms, unshare 66 ms
 (before the cgroup, tmpfs and seccomp steps; bench/RESULTS.md has the current per-task costs).
 """
+import contextlib
+import contextvars
 import ctypes
 import errno
 import fcntl
@@ -78,7 +85,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODES = ("docker", "podman", "bwrap", "unshare", "plain")
-IMAGE = os.environ.get("VC2_SANDBOX_IMAGE", "vc2-sandbox:latest")
+ENGINES = ("podman", "docker")           # "container" is the first of these that answers
+HOST_MODES = ("bwrap", "unshare", "plain")  # what "auto" picks from here; executors.run picks a container
+                                          # per language when its family's image exists (containers.py)
+# One image for every language (tests use the bare base image this way); unset: the family images
+IMAGE = os.environ.get("VC2_SANDBOX_IMAGE") or None
+_image = contextvars.ContextVar("vc2_sandbox_image", default=None)
 HIDDEN = ("/tmp", "/root", "/home", "/run", "/var/tmp")  # empty tmpfs in bwrap/unshare
 TAIL = 20_000          # chars of stdout/stderr kept
 COPY_BACK_MB = 256     # total bytes copied back from the private dir
@@ -157,6 +169,9 @@ def environment(workdir, token, extra=None):
 NODE_TASKS = 1  # sandboxed tasks that may run at once on this machine (see set_node_tasks)
 
 
+PODMAN_NPROC = 32768  # measured: /proc/<podman>/limits; `--ulimit nproc` above it fails with EPERM
+
+
 def set_node_tasks(n):
     """How many tasks run at once on this machine (every worker of every rank; run_eval.py sets it).
     Without a cgroup the binding process limit is RLIMIT_NPROC, which counts all the uid's processes:
@@ -166,13 +181,15 @@ def set_node_tasks(n):
     NODE_TASKS = max(1, int(n))
 
 
-def _rlimits(limits: Limits, cgroup):
+def _rlimits(limits: Limits, cgroup, container=False):
     cpu = int(2 * limits.timeout_s + 10) if limits.timeout_s else None  # CPU s of one process; the wall limit rules
     # With a cgroup, pids.max bounds the tree; RLIMIT_NPROC counts every process of the uid machine-wide
     # (all tasks together, user namespaces included), so as the binding limit it would let one task's
     # fork bomb make its neighbours fail.
     hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
     nproc = (None if hard == resource.RLIM_INFINITY else hard) if cgroup else limits.nproc * NODE_TASKS
+    if container:  # podman lowers its own (and so its runtime's) RLIMIT_NPROC to 32768: runc cannot set more
+        nproc = min(nproc or PODMAN_NPROC, PODMAN_NPROC)
     return {"cpu": cpu, "data": limits.mem_mb << 20, "fsize": limits.fsize_mb << 20, "nofile": limits.nofile,
             "nproc": nproc, "core": 0}
 
@@ -493,14 +510,16 @@ cd "$VC2_CWD"; unset VC2_CWD; exec "$@"
 """
 
 
-def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd):
-    """The full argv for one mode (cmd runs with cwd=work; rl from _rlimits)."""
-    if mode in ("docker", "podman"):
+def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd, image=None):
+    """The full argv for one mode (cmd runs with cwd=work; rl from _rlimits; image: container modes)."""
+    if mode in ENGINES:
         # Inside the image the interpreter is its python3; only the drivers and vendored JS are mounted
         # (read-only, at their host paths), never the package's task assets. rlimits as --ulimit flags:
         # explicit values also keep the engine's defaults (nofile 1048576) under the host's hard limits,
         # which runc refuses to raise. --log-driver none: the engine keeps no copy of the output on disk.
         cmd = ["python3" if c == sys.executable else c for c in cmd]
+        # the command runs as the child of a small init (see container_init.py), as under bwrap's
+        cmd = ["python3", "-I", "-S", str(DRIVERS / "container_init.py"), *cmd]
         envs = [a for k, v in env.items() if k != "PATH" for a in ("-e", f"{k}={v}")]
         uid, gid = user[:2] if user else (os.getuid(), os.getgid())
         rootless = mode == "podman" and os.geteuid() != 0
@@ -513,7 +532,7 @@ def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd):
                 "--memory-swap", str(rl["data"]), "--pids-limit", str(limits.nproc), "--cap-drop", "all",
                 "--security-opt", "no-new-privileges", *seccomp, *ulimits, "--user", f"{uid}:{gid}",
                 *(["--userns", "keep-id"] if rootless else []),
-                "-v", f"{work}:{work}", *mounts, "-w", str(work), *envs, IMAGE, *cmd]
+                "-v", f"{work}:{work}", *mounts, "-w", str(work), *envs, image, *cmd]
     ro, links = _visible()
     if mode == "bwrap":
         # order matters: the scratch tmpfs first, then the read-only dirs (a Python prefix may live under
@@ -653,7 +672,8 @@ class Box:
 
     def __init__(self, mode, limits: Limits, kind="sbx"):
         self.mode, self.limits = resolve(mode), limits
-        self.container = self.mode in ("docker", "podman")
+        self.container = self.mode in ENGINES
+        self.image = current_image() if self.container else None
         self.user = sandbox_user()
         self.token = secrets.token_hex(8)
         self.name = f"vc2-{_own()}-{self.token}"
@@ -687,12 +707,14 @@ class Box:
     def popen(self, cmd, env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=None):
         """Start cmd in the box with environment `env` (see environment()); one command per box."""
         assert self.proc is None, "one command per box"
-        rl = _rlimits(self.limits, self.cgroup)
+        # a container's tree is bounded by the engine's pids cgroup (--pids-limit): RLIMIT_NPROC, shared by
+        # every container of the sandbox uid (no user namespace), must not be the binding limit there either
+        rl = _rlimits(self.limits, self.cgroup or (self.container or None), container=self.container)
         env = dict(env)
         sfd = None if self.container else _seccomp_fd()
         try:
             argv = _argv(self.mode, list(map(str, cmd)), Path(cwd or self.dir), self.user, env, self.limits, rl,
-                         self.name, sfd)
+                         self.name, sfd, self.image)
             if self.cgroup:
                 argv = self.cgroup.enter + argv
             # the engine's own processes (podman, conmon) get the host environment: the token in theirs
@@ -776,10 +798,37 @@ _probed = {}
 _in_image = {}
 
 
+def current_image():
+    """The image a container-mode box runs: VC2_SANDBOX_IMAGE if set, else the one executors.run chose
+    for the language being rendered (use_image), else None (container mode then cannot run)."""
+    return IMAGE or _image.get()
+
+
+@contextlib.contextmanager
+def use_image(image):
+    """Container-mode boxes made inside this block (same thread) run `image`. executors.run sets it per
+    language, so the language records' render functions stay the same in every mode."""
+    token = _image.set(image)
+    try:
+        yield
+    finally:
+        _image.reset(token)
+
+
+def _probe_image(mode):
+    """An image to try the engine with: the override, else any vc2 image the engine has."""
+    if IMAGE or _image.get():
+        return current_image()
+    r = subprocess.run([mode, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True,
+                       timeout=30)
+    found = sorted(line for line in r.stdout.split() if line.startswith("localhost/vc2-"))
+    return found[0] if found else None
+
+
 def probe(mode):
-    """(ok, why) for one mode; cached for the life of the process (each probe takes ~0.1 s)."""
+    """(ok, why) for one mode; cached for the life of the process (each probe takes ~0.1 s; containers ~0.5 s)."""
     if mode not in MODES:
-        raise ValueError(f"unknown sandbox mode {mode!r}; choose auto or one of {', '.join(MODES)}")
+        raise ValueError(f"unknown sandbox mode {mode!r}; choose auto, container or one of {', '.join(MODES)}")
     if mode in _probed:
         return _probed[mode]
     need = {"docker": ["docker"], "podman": ["podman"], "bwrap": ["bwrap", "prlimit"],
@@ -791,24 +840,27 @@ def probe(mode):
         why = f"{', '.join(missing)} not installed (sandbox_images/install_host.sh installs them)"
         _probed[mode] = (False, why)
         return _probed[mode]
-    if mode not in ("docker", "podman"):
-        try:
-            seccomp_bpf()
-        except OSError as e:
-            _probed[mode] = (False, str(e))
-            return _probed[mode]
-    if mode in ("docker", "podman"):
+    image = None
+    if mode in ENGINES:
         r = subprocess.run([mode, "info"], capture_output=True, text=True, timeout=20)
         if r.returncode != 0:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
             _probed[mode] = (False, f"`{mode} info` failed (no engine answering): {last[:200]}")
             return _probed[mode]
-        r = subprocess.run([mode, "image", "inspect", IMAGE], capture_output=True, timeout=20)
-        if r.returncode != 0:
-            _probed[mode] = (False, f"{mode} answers but image {IMAGE} is not built locally (we never pull)")
+        image = _probe_image(mode)
+        if image is None or subprocess.run([mode, "image", "inspect", image], capture_output=True,
+                                           timeout=20).returncode != 0:
+            _probed[mode] = (False, f"{mode} answers but has no vc2 image (we never pull): build them with "
+                                    "`bash sandbox_images/build.sh`" + (f" ({image} is missing)" if image else ""))
+            return _probed[mode]
+    else:
+        try:
+            seccomp_bpf()
+        except OSError as e:
+            _probed[mode] = (False, str(e))
             return _probed[mode]
     _probed[mode] = (True, "")  # provisional, so that run() below accepts the mode
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, use_image(image):
         try:
             r = run(["/bin/sh", "-c", "echo ok"], d, timeout_s=60, mode=mode)  # the interpreter may be unreachable (see executors)
             ok = r.returncode == 0 and r.stdout.strip() == "ok"
@@ -820,9 +872,10 @@ def probe(mode):
 
 
 def missing_in_image(mode, tools, modules=()):
-    """Tools (executables) and Python modules that the container image lacks: checked where the code
-    runs, not on the host (a missing renderer is an infra error, never the model's failure). Cached."""
-    key = (mode, IMAGE, tuple(tools), tuple(modules))
+    """Tools (executables) and Python modules that the current container image (use_image) lacks:
+    checked where the code runs, not on the host (a missing renderer is an infra error, never the
+    model's failure). Cached."""
+    key = (mode, current_image(), tuple(tools), tuple(modules))
     if key not in _in_image:
         checks = [f'command -v {t} >/dev/null || echo "missing:{t}"' for t in tools]
         checks += [f'python3 -c "import {m}" 2>/dev/null || echo "missing:{m}"' for m in modules]
@@ -836,12 +889,19 @@ def missing_in_image(mode, tools, modules=()):
 
 
 def resolve(mode="auto"):
-    """The concrete mode for `mode`; ValueError naming the mode and the reason if it cannot run here."""
+    """The concrete mode for `mode`; ValueError naming the mode and the reason if it cannot run here.
+    "auto" is the first host mode that works (bwrap, unshare, plain); executors.run upgrades it to a
+    container per language. "container" is podman, else docker."""
     if mode == "auto":
-        for m in MODES:
+        for m in HOST_MODES:
             if probe(m)[0]:
                 return m
-        raise ValueError("no sandbox mode works here: " + "; ".join(f"{m}: {probe(m)[1]}" for m in MODES))
+        raise ValueError("no sandbox mode works here: " + "; ".join(f"{m}: {probe(m)[1]}" for m in HOST_MODES))
+    if mode == "container":
+        for m in ENGINES:
+            if probe(m)[0]:
+                return m
+        raise ValueError("sandbox mode 'container' is not available: " + "; ".join(f"{m}: {probe(m)[1]}" for m in ENGINES))
     ok, why = probe(mode)
     if not ok:
         raise ValueError(f"sandbox mode {mode!r} is not available: {why}")

@@ -17,12 +17,13 @@ server and status.py, the exit codes they share with the host.
 functions, never at import time.)
 """
 import importlib.util
+import os
 import shutil
 import time
 import traceback
 from pathlib import Path
 
-from vc2.eval import images, languages, sandbox as sb  # `sandbox` is run()'s argument name (the spec's API)
+from vc2.eval import containers, images, languages, sandbox as sb  # `sandbox` is run()'s argument name (the spec's API)
 from vc2.eval.executors.common import INSTALL_HINT, Outcome
 from vc2.eval.executors.status import Status
 
@@ -31,6 +32,33 @@ def missing_tools(lang):
     """Tools and Python modules of a language record that this machine lacks."""
     return [t for t in lang.tools if shutil.which(t) is None] + \
            [m for m in lang.modules if importlib.util.find_spec(m) is None]
+
+
+# VC2_AUTO_CONTAINERS=0 keeps "auto" on the host modes even where the images are built (tests/conftest.py
+# sets it, so that no test's figures depend on which images a machine happens to have)
+AUTO_CONTAINERS = os.environ.get("VC2_AUTO_CONTAINERS", "1") != "0"
+
+
+def choose_sandbox(sandbox, lang):
+    """(mode, image) a language's programs run in: image is None for host modes. "auto": the language's
+    family image under the first engine that answers, if that image is built, else a host mode.
+    ValueError: an explicit mode (or the image it needs) that is not available here."""
+    if sandbox == "auto":
+        if AUTO_CONTAINERS:
+            for engine in sb.ENGINES:
+                if shutil.which(engine) and sb.probe(engine)[0]:
+                    image = sb.IMAGE or containers.image_for(lang.name)
+                    if containers.present(engine, image):
+                        return engine, image
+        return sb.resolve("auto"), None
+    mode = sb.resolve(sandbox)
+    if mode not in sb.ENGINES:
+        return mode, None
+    image = sb.IMAGE or containers.image_for(lang.name)
+    if not containers.present(mode, image):
+        raise ValueError(f"sandbox mode {sandbox!r}: {lang.name} runs in {image}, which {mode} does not have; build "
+                         f"it with `bash sandbox_images/build.sh --engine {mode} {lang.image}`")
+    return mode, image
 
 
 def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, warm=None):
@@ -48,18 +76,23 @@ def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        mode = sb.resolve(sandbox)
+        mode, image = choose_sandbox(sandbox, lang)
     except ValueError as e:
         if sandbox != "auto":
             raise
         return Outcome(Status.INFRA_ERROR, str(e), sandbox="none")
-    if mode in ("docker", "podman"):  # the tools must be where the code runs: in the image
+    with sb.use_image(image):
+        return _run(lang, code, workdir, data_csv, mode, image, timeout_s, warm)
+
+
+def _run(lang, code, workdir, data_csv, mode, image, timeout_s, warm):
+    if image:  # the tools must be where the code runs: in the image
         missing = sb.missing_in_image(mode, lang.tools, lang.modules)
-        where = f"image {sb.IMAGE}"
+        where, hint = f"image {image}", f"rebuild it with `bash sandbox_images/build.sh {lang.image}`"
     else:
-        missing, where = missing_tools(lang), "this machine"
+        missing, where, hint = missing_tools(lang), "this machine", INSTALL_HINT
     if missing:
-        return Outcome(Status.INFRA_ERROR, f"{language}: {where} lacks {', '.join(missing)}; {INSTALL_HINT}",
+        return Outcome(Status.INFRA_ERROR, f"{lang.name}: {where} lacks {', '.join(missing)}; {hint}",
                        sandbox=mode)
     if data_csv is not None:
         (workdir / "data.csv").write_text(data_csv)
@@ -81,15 +114,29 @@ def run(language, code, workdir, data_csv=None, sandbox="auto", timeout_s=None, 
     return out
 
 
-def describe_sandbox(mode="auto"):
-    """The sandbox mode `mode` resolves to and every renderer's version, for summary.json."""
-    try:
-        resolved = sb.resolve(mode)
-    except ValueError as e:
-        resolved = f"unavailable ({e})"
-    out = {"sandbox": resolved, "user": sb.describe()["user"]}
+def sandbox_by_language(mode="auto", names=None):
+    """{language: "bwrap" | "podman localhost/vc2-web:..." | "unavailable (why)"} for the report."""
+    out = {}
+    for name in names or languages.LANGUAGES:
+        try:
+            m, image = choose_sandbox(mode, languages.get(name))
+            out[name] = f"{m} {image}" if image else m
+        except ValueError as e:
+            out[name] = f"unavailable ({e})"
+    return out
+
+
+def describe_sandbox(mode="auto", names=None):
+    """The sandbox mode(s) `mode` resolves to and every renderer's version, for summary.json: "sandbox" is
+    the one mode every language of `names` runs in, or "mixed" (then "sandbox_by_language" says which)."""
+    by_lang = sandbox_by_language(mode, names)
+    modes = {v.split()[0] if not v.startswith("unavailable") else v for v in by_lang.values()}
+    out = {"sandbox": modes.pop() if len(modes) == 1 else "mixed", "sandbox_by_language": by_lang,
+           "user": sb.describe()["user"]}
     for name, lang in languages.LANGUAGES.items():
-        out[name] = lang.version()
+        where = by_lang.get(name, "")
+        # the host's tools report the host's versions; an image's come from the same pinned lists
+        out[name] = f"in {where.split()[1]} (sandbox_images lists)" if len(where.split()) == 2 else lang.version()
     return out
 
 
