@@ -220,7 +220,7 @@ def last_fid(rows, tid):
 
 def test_runner_api_source_infra_per_round_resume_and_judge(server, tmp_path, monkeypatch):
     monkeypatch.setattr(runner.executors, "run", FakeExecutor())
-    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode: {"sandbox": "fake"})
+    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode, names=None: {"sandbox": "fake"})
     for t in TASKS:
         t.reference_image = png(tmp_path / f"{t.id}_ref.png", 0)
     fail_svg2_round1 = {"left": 10}  # svg_2's round-1 request fails every retry; later requests are fine

@@ -48,7 +48,7 @@ class Source:
 
 def _fakes():
     runner.executors.run = fake_run
-    runner.executors.describe_sandbox = lambda mode: {"sandbox": "fake"}
+    runner.executors.describe_sandbox = lambda mode, names=None: {"sandbox": "fake"}
 
 
 def _rank(rank, world, init_file, out_dirs, rounds, resume):

@@ -146,7 +146,7 @@ class _Source:
 
 
 def test_settings_are_recorded_and_resume_refuses_other_ones(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode: {"sandbox": "fake"})
+    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode, names=None: {"sandbox": "fake"})
     monkeypatch.setattr(runner.executors, "run", lambda *a, **k: SimpleNamespace(
         status="runtime_error", error="no", image=None, sandbox="fake"))
     tasks = [Task(language="svg", id=f"svg_{i}", description="d", style="s", vis_cate="Bars") for i in range(3)]

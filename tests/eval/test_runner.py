@@ -64,7 +64,7 @@ class FakeModel:
 
 @pytest.fixture(autouse=True)
 def fake_environment(monkeypatch):
-    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode: {"sandbox": "fake", "svg": "fake 1.0"})
+    monkeypatch.setattr(runner.executors, "describe_sandbox", lambda mode, names=None: {"sandbox": "fake", "svg": "fake 1.0"})
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ bwrap, unshare, plain. "container": podman, else docker.
   no capabilities, no-new-privileges, the sandbox user's uid; only the work dir (its inputs are a
   copy in the size-capped tmpfs, its outputs copied back) and the executor drivers and vendored JS
   (read-only) are mounted. Tools are checked inside the image (`missing_in_image`). ~0.3 s per run.
-  Every task runs cold (warm servers need bwrap or unshare).
+  Warm servers run inside the containers too (`run -i`; each task in a user + pid namespace of its
+  own inside, as under bwrap), except Python's (warm.py says why): Python tasks run cold there.
 - bwrap: run as root it is privileged (no user namespace) and drops to the sandbox user with setpriv
   *inside*, after building the view (as non-root, bwrap makes a user namespace and runs as you). New
   pid/net/ipc/uts namespaces; a minimal root: /usr, /etc, a few /var dirs TeX and fontconfig need,
@@ -510,8 +511,9 @@ cd "$VC2_CWD"; unset VC2_CWD; exec "$@"
 """
 
 
-def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd, image=None):
-    """The full argv for one mode (cmd runs with cwd=work; rl from _rlimits; image: container modes)."""
+def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd, image=None, interactive=False):
+    """The full argv for one mode (cmd runs with cwd=work; rl from _rlimits; image, interactive (keep
+    stdin open: a warm server reads its requests there): container modes)."""
     if mode in ENGINES:
         # Inside the image the interpreter is its python3; only the drivers and vendored JS are mounted
         # (read-only, at their host paths), never the package's task assets. rlimits as --ulimit flags:
@@ -527,7 +529,7 @@ def _argv(mode, cmd, work, user, env, limits, rl, name, seccomp_fd, image=None):
         mounts = [a for p in (DRIVERS, VENDOR) for a in ("-v", f"{p}:{p}:ro")]
         profile = engine_seccomp_profile()
         seccomp = ["--security-opt", f"seccomp={profile}"] if profile else []
-        return [mode, "run", "--rm", "--name", name, "--network", "none", "--read-only", "--log-driver", "none",
+        return [mode, "run", "--rm", *(["-i"] if interactive else []), "--name", name, "--network", "none", "--read-only", "--log-driver", "none",
                 "--tmpfs", f"/tmp:size={SCRATCH_MB}m", "--memory", str(rl["data"]),
                 "--memory-swap", str(rl["data"]), "--pids-limit", str(limits.nproc), "--cap-drop", "all",
                 "--security-opt", "no-new-privileges", *seccomp, *ulimits, "--user", f"{uid}:{gid}",
@@ -670,10 +672,11 @@ class Box:
     can be made, its token; `popen` starts a command in it, `kill` ends everything in it, `close` removes
     it. sandbox.run is a Box for one command; warm.py keeps one per long-lived server."""
 
-    def __init__(self, mode, limits: Limits, kind="sbx"):
+    def __init__(self, mode, limits: Limits, kind="sbx", image=None):
         self.mode, self.limits = resolve(mode), limits
         self.container = self.mode in ENGINES
-        self.image = current_image() if self.container else None
+        self.image = (image or current_image()) if self.container else None
+        assert self.image or not self.container, "container mode without an image (use_image, or VC2_SANDBOX_IMAGE)"
         self.user = sandbox_user()
         self.token = secrets.token_hex(8)
         self.name = f"vc2-{_own()}-{self.token}"
@@ -714,7 +717,7 @@ class Box:
         sfd = None if self.container else _seccomp_fd()
         try:
             argv = _argv(self.mode, list(map(str, cmd)), Path(cwd or self.dir), self.user, env, self.limits, rl,
-                         self.name, sfd, self.image)
+                         self.name, sfd, self.image, interactive=stdin == subprocess.PIPE)
             if self.cgroup:
                 argv = self.cgroup.enter + argv
             # the engine's own processes (podman, conmon) get the host environment: the token in theirs

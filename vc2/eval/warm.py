@@ -30,8 +30,10 @@ Safety rules:
   anything unexpected (a wrong nonce included) is discarded and the task runs cold through
   sandbox.run. A timeout kills the server with its task (the verdict is "timeout", as cold); the next
   task gets a fresh server.
-- They need a pid namespace (bwrap, unshare) to be sure nothing of a task outlives it; in plain and
-  container modes every task runs cold.
+- They need a pid namespace (bwrap, unshare, or a container: the server then runs inside the
+  language's image, its pid 1 being vc2's container init) to be sure nothing of a task outlives it;
+  in plain mode every task runs cold, and in a container so does Python (see run()). Servers are kept
+  per (job, mode, image).
 - Limits: per-task CPU/memory/file-size rlimits are set in the forked task process (python,
   lilypond); the server's cgroup (memory total, process count: the task's limits plus the server's own
   share) and tmpfs (the task's disk quota plus the preload) hold for the server and its one task at
@@ -58,7 +60,7 @@ from pathlib import Path
 from vc2.eval import sandbox as sb
 
 SERVER = Path(__file__).resolve().parent / "executors" / "warm_server.py"
-MODES = ("bwrap", "unshare")   # the sandbox modes with a pid namespace
+MODES = ("bwrap", "unshare", "podman", "docker")   # the sandbox modes with a pid namespace
 START_TIMEOUT_S = 180.0        # Chromium on a loaded 2-core machine takes a few seconds; be generous
 MAX_TASKS = 200                # then the server is replaced (bounds memory a kept browser may gather)
 
@@ -119,11 +121,11 @@ LOGS_MB = 16  # the tasks' stdout/stderr files (the host keeps the last sandbox.
 class Server:
     """One warm_server.py in its own sandbox.Box. Not thread-safe: one task at a time (the pool sees to it)."""
 
-    def __init__(self, job, mode, limits: sb.Limits):
+    def __init__(self, job, mode, limits: sb.Limits, image=None):
         self.job, self.mode, self.tasks, self.killed = job, mode, 0, False
         self.box = sb.Box(mode, sb.Limits(None, limits.mem_mb + SERVER_MEM_MB, limits.fsize_mb,
                                            limits.nproc + SERVER_NPROC, limits.nofile,
-                                           limits.disk_mb + SERVER_DISK_MB), kind="warm")
+                                           limits.disk_mb + SERVER_DISK_MB), kind="warm", image=image)
         self.token, self.dir = self.box.token, self.box.dir
         self.buf = b""
         try:
@@ -233,10 +235,10 @@ class WarmPool:
     """Servers per WarmJob, lent to one task at a time. See the module docstring."""
 
     def __init__(self, mode="auto", max_tasks=MAX_TASKS):
-        self.mode = sb.resolve(mode)
+        self.mode = sb.resolve(mode)  # a task's own mode rules (run()): auto may give it a container
         self.max_tasks = max_tasks
         self.why_cold = None if self.mode in MODES else \
-            f"warm workers need a pid namespace (bwrap or unshare); in sandbox mode {self.mode} every task runs cold"
+            f"warm workers need a pid namespace (bwrap, unshare, a container); in sandbox mode {self.mode} every task runs cold"
         self.stats = {"warm": 0, "cold": 0, "started": 0, "failed": []}
         self._idle = defaultdict(list)
         self._all = set()
@@ -259,17 +261,25 @@ class WarmPool:
             disk_mb=512):
         """A sandbox.Result, or None when the task must run cold (see the module docstring)."""
         task_limits = sb.Limits(timeout_s, mem_mb, fsize_mb, nproc, nofile, disk_mb)
-        if self.why_cold or mode != self.mode or job.server in self._broken:
+        # servers per (job, mode, image): under auto one language may run in its image, another in bwrap
+        image = sb.current_image() if mode in sb.ENGINES else None
+        key = (job.server, mode, image)
+        if self.why_cold or mode not in MODES or key in self._broken:
+            return self._cold()
+        if image and job.kind == "python":
+            # A forked Python task sees the container's /proc, where its own pid (of its task namespace)
+            # is absent, so psutil.Process() fails (holoviews' extension loading does); a new /proc cannot
+            # be mounted over the engine's masked one. Under bwrap the numbers happen to line up.
             return self._cold()
         with self._lock:
-            server = self._idle[job.server].pop() if self._idle[job.server] else None
+            server = self._idle[key].pop() if self._idle[key] else None
         if server is None:
             try:
-                server = self._spawner.submit(Server, job, self.mode, task_limits).result()
+                server = self._spawner.submit(Server, job, mode, task_limits, image).result()
             except ServerFailed as e:
                 with self._lock:
-                    if job.server not in self._broken:
-                        self._broken[job.server] = str(e)
+                    if key not in self._broken:
+                        self._broken[key] = str(e)
                         self.stats["failed"].append(str(e))
                         print(f"vc2: {e}; {job.kind} tasks run cold", file=sys.stderr)
                 return self._cold()
@@ -289,7 +299,7 @@ class WarmPool:
             self._retire(server)
         else:
             with self._lock:
-                self._idle[job.server].append(server)
+                self._idle[key].append(server)
         with self._lock:
             self.stats["warm"] += 1
         return res

@@ -75,11 +75,12 @@ def _ancestors():
 
 
 def _own_pid_namespace():
-    """True only inside the sandbox's pid namespace: pid 1 is bwrap (or us, under unshare) and every
-    other process visible runs as our uid. Outside one, a sweep would kill the host's processes."""
+    """True only inside the sandbox's pid namespace: pid 1 is bwrap, vc2's container init (or us, under
+    unshare) and every other process visible runs as our uid. Outside one, a sweep would kill the host's
+    processes."""
     if os.getpid() != 1:
-        with open("/proc/1/comm") as f:
-            if f.read().strip() != "bwrap":
+        with open("/proc/1/comm") as f, open("/proc/1/cmdline", "rb") as g:
+            if f.read().strip() != "bwrap" and b"container_init.py" not in g.read():
                 return False
     for name in os.listdir("/proc"):
         if name.isdigit() and name != "1":
@@ -118,10 +119,12 @@ def sweep(keep=()):
 
 
 def wipe():
-    """Empty the private tmpfs dirs, sparing mount points (the task dir, bound-in paths) and their parents."""
-    mounts = [line.split()[1] for line in open("/proc/self/mounts")]
+    """Empty the private tmpfs dirs, sparing mount points (the task dir, bound-in paths) and their parents.
+    Only those that are tmpfs mounts: in a container, /root and /run belong to the read-only image."""
+    table = [line.split() for line in open("/proc/self/mounts")]
+    mounts, tmpfs = [m[1] for m in table], {m[1] for m in table if m[2] == "tmpfs"}
     for top in SCRATCH:
-        if not os.path.isdir(top):
+        if not os.path.isdir(top) or top not in tmpfs:
             continue
         for name in os.listdir(top):
             path = os.path.join(top, name)
