@@ -31,10 +31,10 @@ def served(tmp_path_factory, tokenizer_dir):
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, path / f.name)
     model, tok = vc2.load_model(path), vc2.load_tokenizer(path)
-    server = serve.Server(model, tok, "tiny", max_new_tokens=8, max_batch=4, window_s=0.05)
+    server = serve.Server(model, tok, "tiny", max_new_tokens=8, max_batch=4)
     httpd = serve.serve(server, port=0, quiet=True)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", path, model, tok
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", path, model, tok, server
     httpd.shutdown()
     httpd.server_close()
 
@@ -49,7 +49,7 @@ def post(url, body):
 
 
 def test_models_completion_stream_and_errors(served):
-    url, _, model, tok = served
+    url, _, model, tok, server = served
     import openai
     c = openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0)
     assert [m.id for m in c.models.list().data] == ["tiny"]
@@ -72,27 +72,31 @@ def test_models_completion_stream_and_errors(served):
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(served):
-    url, _, model, tok = served
+    url, _, model, tok, server = served
     prompts = [f"Plot {w} please" for w in ("a line", "two bars", "a scatter of many points", "x")]
     alone = [json.loads(post(url + "/chat/completions", {"messages": [{"role": "user", "content": p}],
                                                           "temperature": 0, "max_tokens": 8})[1])
              for p in prompts]
-    calls = []
-    orig = vc2.generate
-    serve.vc2.generate = lambda m, ids, *a, **k: (calls.append(len(ids)), orig(m, ids, *a, **k))[1]
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            together = list(pool.map(lambda p: json.loads(post(url + "/chat/completions", {
-                "messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 8})[1]), prompts))
-    finally:
-        serve.vc2.generate = orig
-    assert max(calls) > 1, calls  # at least two requests shared one generate call
+    server.generator.max_rows = 0
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: json.loads(post(url + "/chat/completions", {
+            "messages": [{"role": "user", "content": p}], "temperature": 0, "max_tokens": 8})[1]), prompts))
+    assert server.generator.max_rows > 1  # at least two requests decoded in one engine step
     assert [a["choices"][0]["message"]["content"] for a in alone] == \
            [t["choices"][0]["message"]["content"] for t in together]
+    # sampled: a request's answer depends on its seed, not on the requests beside it
+    body = lambda p, seed: {"messages": [{"role": "user", "content": p}], "temperature": 0.9, "max_tokens": 8, "seed": seed}
+    alone = [json.loads(post(url + "/chat/completions", body(p, 7))[1]) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda p: json.loads(post(url + "/chat/completions", body(p, 7))[1]), prompts))
+    assert [a["choices"][0]["message"]["content"] for a in alone] == \
+           [t["choices"][0]["message"]["content"] for t in together]
+    status, text = post(url + "/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_p": 0})
+    assert status == 400 and "top_p" in text
 
 
 def test_run_eval_against_serve_gives_the_in_process_answers(served, tmp_path):
-    url, path, _, _ = served
+    url, path, _, _, _ = served
     common = ["--lang", "svg", "--limit", "2", "--rounds", "1", "--max-new-tokens", "12", "--workers", "1",
               "--batch-size", "1"]
     run_eval.main(common + ["--model", str(path), "--out", str(tmp_path / "local")])
@@ -110,5 +114,5 @@ def test_run_eval_against_serve_gives_the_in_process_answers(served, tmp_path):
 def test_cli_help_lists_every_flag():
     r = subprocess.run([sys.executable, "-m", "vc2.serve", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0
-    for flag in ("--model", "--host", "--port", "--max-batch", "--batch-window-ms", "127.0.0.1"):
+    for flag in ("--model", "--host", "--port", "--max-batch", "127.0.0.1"):
         assert flag in r.stdout

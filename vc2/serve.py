@@ -10,24 +10,24 @@ template is the checkpoint's (vc2.tokenizer.render_chat), so a fine-tuned model 
 training, by any OpenAI client. Listens on 127.0.0.1 unless --host says otherwise: there is no
 authentication, so do not expose it.
 
-Batching: requests that arrive while the model is busy (or within --batch-window-ms) are generated
-together by one vc2.generate call, one call per distinct sampling setting (generate takes one set for
-its batch). All of that lives in `Batcher`; it is the one piece to replace with the continuous-batching
-engine when that exists. Limits: n=1 only; `stop` strings cut the text after generation (the budget
-is still spent); greedy answers equal the in-process runner's (tests/test_serve.py), sampled ones
-depend on which requests shared a batch.
+Batching: every request goes straight into vc2's generation engine (vc2/engine.py), which one thread
+steps: up to --max-batch requests decode together, each with its own sampling settings, stop ids, budget
+and seed, and a finished request's slot takes the next waiting one at once (continuous batching; greedy
+requests use exact prompt lookup). Tokens stream as the engine accepts them. Limits: n=1 only; `stop`
+strings cut the text after generation (the budget is still spent); greedy answers equal the in-process
+runner's and sampled ones depend only on their seed, not on which requests ran beside them
+(tests/test_serve.py).
 """
 import argparse
 import json
-import queue
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import vc2
+from vc2.engine import Engine
 
 
 class RequestError(Exception):
@@ -36,66 +36,49 @@ class RequestError(Exception):
         self.status = status
 
 
-@dataclass
-class _Job:
-    ids: list
-    params: dict               # sampling settings + max_new_tokens + seed: the batch key
-    on_token: object = None    # callable(token_id) for streaming
-    tokens: list = field(default_factory=list)
-    error: Exception | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+class EngineLoop:
+    """The engine, stepped by one thread (the model is not thread-safe); any thread may submit."""
 
-
-class Batcher:
-    """Queues generation jobs and runs them in batches on one thread (the model is not thread-safe)."""
-
-    def __init__(self, model, tokenizer, max_batch=8, window_s=0.005):
-        self.model, self.tok, self.max_batch, self.window_s = model, tokenizer, max_batch, window_s
-        self._q = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="vc2-serve-batcher")
+    def __init__(self, model, tokenizer, slots=8):
+        self.model, self.tok, self.slots = model, tokenizer, slots
+        self.engine = Engine(model, slots=slots)
+        self.max_rows = 0  # the most requests decoding at once so far (tests read it)
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="vc2-serve-engine")
         self._thread.start()
 
     def generate(self, ids, params, on_token=None):
-        """Token ids generated for `ids` (stop token excluded); blocks until done."""
-        job = _Job(ids, params, on_token)
-        self._q.put(job)
-        job.done.wait()
-        if job.error:
-            raise job.error
-        return job.tokens
+        """Token ids generated for `ids` (stop token excluded); blocks until done. RequestError(400) for
+        settings the engine refuses."""
+        p = dict(params)
+        max_new, seed = p.pop("max_new_tokens"), p.pop("seed", None)
+        stream = (lambda r, new: [on_token(t) for t in new]) if on_token else None
+        try:
+            req = self.engine.add_request(ids, max_new, stop_ids=self.tok.eos_ids, seed=seed or 0, on_token=stream, **p)
+        except ValueError as e:
+            raise RequestError(400, str(e)) from None
+        self._wake.set()
+        req.done.wait()
+        if getattr(req, "error", None):
+            raise req.error
+        return req.out
 
     def _loop(self):
         while True:
-            jobs = [self._q.get()]
-            deadline = time.monotonic() + self.window_s
-            while len(jobs) < self.max_batch:
+            self._wake.wait()
+            self._wake.clear()
+            while self.engine.has_work():
                 try:
-                    jobs.append(self._q.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
+                    self.engine.step()
+                except Exception as e:  # fail what was in flight, start a fresh engine: the server lives on
+                    failed, self.engine = self.engine, Engine(self.model, slots=self.slots)
+                    with failed.inbox_lock:
+                        pending = list(failed.running) + list(failed.waiting) + list(failed.inbox)
+                    for r in pending:
+                        r.error = e
+                        r.done.set()
                     break
-            groups = {}
-            for j in jobs:
-                groups.setdefault(json.dumps(j.params, sort_keys=True), []).append(j)
-            for group in groups.values():
-                self._run(group)
-
-    def _run(self, group):
-        p = dict(group[0].params)
-        max_new = p.pop("max_new_tokens")
-
-        def callback(row, token):
-            group[row].tokens.append(token)
-            if group[row].on_token:
-                group[row].on_token(token)
-
-        try:
-            vc2.generate(self.model, [j.ids for j in group], max_new, stop_ids=self.tok.eos_ids,
-                         callback=callback, **p)
-        except Exception as e:  # a bad request must not kill the server thread
-            for j in group:
-                j.error = e
-        for j in group:
-            j.done.set()
+                self.max_rows = max(self.max_rows, len(self.engine.running))
 
 
 def _text_of(content, i):
@@ -109,9 +92,9 @@ def _text_of(content, i):
 class Server:
     """The request logic, independent of HTTP (tests call it directly too)."""
 
-    def __init__(self, model, tokenizer, name, max_new_tokens=1024, max_batch=8, window_s=0.005):
+    def __init__(self, model, tokenizer, name, max_new_tokens=1024, max_batch=8):
         self.model, self.tok, self.name, self.max_new_tokens = model, tokenizer, name, max_new_tokens
-        self.batcher = Batcher(model, tokenizer, max_batch, window_s)
+        self.generator = EngineLoop(model, tokenizer, max_batch)
         self.context = getattr(model.config, "max_seq_len", None) or getattr(model.config, "max_position_embeddings", None)
 
     def models(self):
@@ -150,8 +133,10 @@ class Server:
                 params[k] = v
         if params.get("top_k") == -1:  # the vLLM/SGLang spelling of "off"
             params["top_k"] = 0
-        # the seed matters only when sampling; greedy requests then share batches whatever their seeds
-        params["seed"] = None if params.get("temperature", None) == 0 else body.get("seed")
+        seed = body.get("seed")
+        if seed is not None and not isinstance(seed, int):
+            raise RequestError(400, "seed must be an integer")
+        params["seed"] = seed
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
         return ids, params, stop
@@ -169,7 +154,7 @@ class Server:
                     on_text(text[len(sent[0]):])
                     sent[0] = text
 
-        out = self.batcher.generate(ids, params, on_token if on_text else None)
+        out = self.generator.generate(ids, params, on_token if on_text else None)
         text = self.tok.decode(out, skip_special_tokens=True)
         finish = "length" if len(out) >= params["max_new_tokens"] else "stop"
         for s in stop:
@@ -269,9 +254,9 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 = any free port)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length when a request gives none (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests generated together at most (default: %(default)s)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0,
-                   help="how long the first request of a batch waits for others (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="requests decoded together at most: the engine's slots; more wait and take a slot as soon "
+                        "as one frees (default: %(default)s)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines")
@@ -284,7 +269,7 @@ def main(argv=None):
         tok = vc2.load_tokenizer(args.model)
     except ValueError as e:
         p.error(str(e))
-    server = Server(model, tok, args.name or args.model, args.max_new_tokens, args.max_batch, args.batch_window_ms / 1000)
+    server = Server(model, tok, args.name or args.model, args.max_new_tokens, args.max_batch)
     httpd = serve(server, args.host, args.port, args.quiet)
     print(f"serving {server.name} on http://{httpd.server_address[0]}:{httpd.server_address[1]}/v1", file=sys.stderr, flush=True)
     try:
