@@ -86,3 +86,15 @@ def tokenizer_dir(tmp_path_factory):
     (path / "generation_config.json").write_text(json.dumps({
         "eos_token_id": [eos, tk.token_to_id("<|endoftext|>")], "pad_token_id": tk.token_to_id("<|endoftext|>")}))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _real_executors_after_each_test():
+    """A test that replaces the executors without restoring them (setattr instead of monkeypatch) would
+    make every later test run fakes: fail the test that leaked, not the hundred after it."""
+    import sys
+    yield
+    ex = sys.modules.get("vc2.eval.executors")
+    if ex is not None:
+        assert ex.run.__module__ == "vc2.eval.executors" and ex.describe_sandbox.__module__ == "vc2.eval.executors", \
+            "this test left vc2.eval.executors patched: use monkeypatch so the real functions come back"

@@ -46,9 +46,12 @@ class Source:
         return out
 
 
-def _fakes():
-    runner.executors.run = fake_run
-    runner.executors.describe_sandbox = lambda mode, names=None: {"sandbox": "fake"}
+def _fakes(mp=None):
+    """The fake executor; `mp` (a MonkeyPatch) restores the real one afterwards. Spawned ranks are
+    processes of their own and patch for their whole life."""
+    set_ = mp.setattr if mp else setattr
+    set_(runner.executors, "run", fake_run)
+    set_(runner.executors, "describe_sandbox", lambda mode, names=None: {"sandbox": "fake"})
 
 
 def _rank(rank, world, init_file, out_dirs, rounds, resume):
@@ -73,13 +76,13 @@ def rows(out_dir):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    _fakes()
-    runner.evaluate(TASKS, Source(), out, rounds=3, workers=2, warm=False)
+    with pytest.MonkeyPatch.context() as mp:  # later test files must get the real executors back
+        _fakes(mp)
+        runner.evaluate(TASKS, Source(), out, rounds=3, workers=2, warm=False)
     return out
 
 
-def test_two_ranks_equal_one_process_without_a_shared_filesystem(tmp_path, single, monkeypatch):
-    monkeypatch.setattr(runner, "executors", runner.executors)  # (the fakes above patch module attributes)
+def test_two_ranks_equal_one_process_without_a_shared_filesystem(tmp_path, single):
     a, b = tmp_path / "rank0", tmp_path / "rank1"  # each rank writes only its own directory
     run_ranks(tmp_path, [a, b], rounds=3)
     assert rows(a) == rows(single) and len(rows(a)) == 28  # 1+2+3+4+4 attempts per language
@@ -93,10 +96,10 @@ def test_two_ranks_equal_one_process_without_a_shared_filesystem(tmp_path, singl
     assert json.loads((a / "summary.json").read_text())["overall"] == json.loads((single / "summary.json").read_text())["overall"]
 
 
-def test_resume_after_the_number_of_ranks_changes(tmp_path, single):
+def test_resume_after_the_number_of_ranks_changes(tmp_path, single, monkeypatch):
     a, b = tmp_path / "rank0", tmp_path / "rank1"
     run_ranks(tmp_path, [a, b], rounds=1)  # 2 ranks, first two rounds
-    _fakes()
+    _fakes(monkeypatch)
     runner.evaluate(TASKS, Source(), a, rounds=3, workers=2, resume=True, warm=False)  # then 1 process
     assert rows(a) == rows(single)
     c, d = tmp_path / "c0", tmp_path / "c1"
