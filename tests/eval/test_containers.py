@@ -182,3 +182,18 @@ def test_every_golden_verdict_is_the_same_in_the_containers(built, tmp_path):
     changed = {k: (golden[k], got.get(k)) for k in golden if golden[k] != got.get(k)}
     assert not changed, f"{len(changed)} verdict(s) differ from bwrap (bwrap, container): {json.dumps(changed, indent=1)}"
     assert len(got) == len(golden)
+
+
+@needs_images
+def test_warm_servers_run_inside_the_images_but_python_runs_cold(built, tmp_path):
+    """LilyPond (like Vega-Lite, HTML, Mermaid) is served warm inside its image; a Python task runs cold
+    there (a forked task cannot find its own pid in the container's /proc: warm.py)."""
+    from vc2.eval.warm import WarmPool
+    with WarmPool("container") as pool:
+        ly = [executors.run("lilypond", "\\relative c' { c4 d e f }\n", tmp_path / f"ly{i}", sandbox="container",
+                            warm=pool) for i in range(2)]
+        assert pool.stats["warm"] == 2 and pool.stats["started"] == 1, pool.stats  # one server, reused
+        py = executors.run("python", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\n",
+                           tmp_path / "py", sandbox="container", warm=pool)
+        assert pool.stats["cold"] == 1 and not pool.stats["failed"], pool.stats
+    assert [o.status for o in ly + [py]] == ["pass"] * 3 and {o.sandbox for o in ly + [py]} == {"podman"}
