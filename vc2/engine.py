@@ -69,16 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+# the optional kernels, imported once in model.py (None when absent); flash-attn >= 2.5 takes block_table
+from vc2.model import flash_attn_varlen_func, varlen_attn
 from vc2.sample import pick_tokens, process_logits
-
-try:
-    from flash_attn import flash_attn_varlen_func  # paged KV via block_table (flash-attn >= 2.5)
-except ImportError:
-    flash_attn_varlen_func = None
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:
-    varlen_attn = None
 
 READERS = ("flash_attn", "torch_varlen", "sdpa")
 FUSED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]

@@ -95,10 +95,18 @@ def context_files(family):
             **{f"{kind}.txt": "".join(p + "\n" for p in pk[kind]) for kind in ("apt", "pip", "npm")}}
 
 
+_tags = {}
+
+
 def tag(family):
-    """localhost/vc2-<family>:<vc2 version>-<12 hex of the build inputs' hash>."""
-    h = hashlib.sha256(json.dumps(context_files(family), sort_keys=True).encode()).hexdigest()[:12]
-    return f"{PREFIX}{family}:{VERSION}-{h}"
+    """localhost/vc2-<family>:<vc2 version>-<12 hex of the build inputs' hash>. executors.run asks once
+    per execution: the hash is kept until a build input changes (size or mtime)."""
+    inputs = [build_file(family)] + [ROOT / n for n in ("apt-packages.txt", "pip-requirements.txt", "node-tools.txt")]
+    key = (family, str(ROOT), tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None for p in inputs))
+    if key not in _tags:
+        h = hashlib.sha256(json.dumps(context_files(family), sort_keys=True).encode()).hexdigest()[:12]
+        _tags[key] = f"{PREFIX}{family}:{VERSION}-{h}"
+    return _tags[key]
 
 
 def image_for(language):

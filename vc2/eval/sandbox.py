@@ -712,7 +712,7 @@ class Box:
         assert self.proc is None, "one command per box"
         # a container's tree is bounded by the engine's pids cgroup (--pids-limit): RLIMIT_NPROC, shared by
         # every container of the sandbox uid (no user namespace), must not be the binding limit there either
-        rl = _rlimits(self.limits, self.cgroup or (self.container or None), container=self.container)
+        rl = _rlimits(self.limits, self.cgroup or self.container, container=self.container)
         env = dict(env)
         sfd = None if self.container else _seccomp_fd()
         try:
@@ -851,8 +851,8 @@ def probe(mode):
             _probed[mode] = (False, f"`{mode} info` failed (no engine answering): {last[:200]}")
             return _probed[mode]
         image = _probe_image(mode)
-        if image is None or subprocess.run([mode, "image", "inspect", image], capture_output=True,
-                                           timeout=20).returncode != 0:
+        if image is None or (IMAGE or _image.get()) and subprocess.run(  # a listed image needs no second look
+                [mode, "image", "inspect", image], capture_output=True, timeout=20).returncode != 0:
             _probed[mode] = (False, f"{mode} answers but has no vc2 image (we never pull): build them with "
                                     "`bash sandbox_images/build.sh`" + (f" ({image} is missing)" if image else ""))
             return _probed[mode]

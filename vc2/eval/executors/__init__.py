@@ -43,18 +43,18 @@ def choose_sandbox(sandbox, lang):
     """(mode, image) a language's programs run in: image is None for host modes. "auto": the language's
     family image under the first engine that answers, if that image is built, else a host mode.
     ValueError: an explicit mode (or the image it needs) that is not available here."""
+    def image():  # only where a container can run: host modes need no checkout of sandbox_images/
+        return sb.IMAGE or containers.tag(lang.image)
     if sandbox == "auto":
         if AUTO_CONTAINERS:
             for engine in sb.ENGINES:
-                if shutil.which(engine) and sb.probe(engine)[0]:
-                    image = sb.IMAGE or containers.image_for(lang.name)
-                    if containers.present(engine, image):
-                        return engine, image
+                if shutil.which(engine) and sb.probe(engine)[0] and containers.present(engine, image()):
+                    return engine, image()
         return sb.resolve("auto"), None
     mode = sb.resolve(sandbox)
     if mode not in sb.ENGINES:
         return mode, None
-    image = sb.IMAGE or containers.image_for(lang.name)
+    image = image()
     if not containers.present(mode, image):
         raise ValueError(f"sandbox mode {sandbox!r}: {lang.name} runs in {image}, which {mode} does not have; build "
                          f"it with `bash sandbox_images/build.sh --engine {mode} {lang.image}`")
